@@ -1,0 +1,160 @@
+"""Session-wide fixtures: one Ray head and one S3-compatible server for the whole test session.
+
+Ray 2.60's `ray.init()` turns token auth on by default; tests pin it off so that every process they
+start (the CLI, Ray workers) agrees. Tests that need auth set it explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Keep torch/numpy from oversubscribing the 2 CI cores when Ray runs several workers.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SAMPLE_IMAGES = SHARED_DATA / "imagenet-sample"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alexnet_cmd(*args: str) -> list[str]:
+    """The real console script of this environment."""
+    return [str(BIN / "alexnet"), *map(str, args)]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = True,
+            cwd: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(alexnet_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})}, cwd=cwd)
+    if check and result.returncode != 0:
+        raise AssertionError(f"alexnet {' '.join(map(str, args))} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> Path:
+    if not SAMPLE_IMAGES.is_dir():
+        pytest.fail(f"shared test images not found at {SAMPLE_IMAGES} (set ALEXNET_SHARED_DATA)")
+    return SAMPLE_IMAGES
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> dict:
+    """A moto S3 server on 127.0.0.1; returns the environment a client needs to reach it."""
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto_server did not start")
+    yield env
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """A fresh bucket; the test process's environment points at the local S3 server."""
+    import uuid
+
+    import boto3
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server, tmp_path_factory) -> str:
+    """One `ray start --head` for the session (dashboard and jobs API on a free port).
+
+    Its processes inherit the S3 server's environment, so Ray tasks reach `s3://` URLs the way they
+    would on a cluster configured with credentials. Returns the GCS address for `--address`.
+    """
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are limited
+    gcs_port, dash_port = free_port(), free_port()
+    env = {**os.environ, **s3_server}
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=2",
+                    "--node-ip-address=127.0.0.1", f"--ray-client-server-port={free_port()}",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                    f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    address = f"127.0.0.1:{gcs_port}"
+    os.environ["ALEXNET_TEST_DASHBOARD"] = f"http://127.0.0.1:{dash_port}"
+    yield address
+    stop_ray_processes(str(temp_dir), gcs_port)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_ray_processes(temp_dir: str, gcs_port: int) -> None:
+    """Stop one Ray instance and only that one (`ray stop` would kill every instance on the machine,
+    including those of other test sessions running beside this one)."""
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if temp_dir in cmdline or f":{gcs_port} " in cmdline + " ":
+            roots.append(proc)
+    victims = {p.pid: p for root in roots for p in [root, *_children(root)]}
+    for proc in victims.values():
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def _children(proc):
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(ray_head) -> str:
+    return os.environ["ALEXNET_TEST_DASHBOARD"]
