@@ -78,11 +78,26 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_inspect)
 
 
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    """`alexnet summary` (trainer/model.py)."""
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    """`alexnet train`, `alexnet eval`, `alexnet plot` (trainer/)."""
+
+
+def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
+    """`alexnet submit`, `alexnet jobs`, `alexnet demo` (jobs/)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_shard(sub)
+    _add_model(sub)
+    _add_training(sub)
+    _add_cluster_jobs(sub)
     return parser
 
 
