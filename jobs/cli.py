@@ -35,6 +35,7 @@ def _shard(args: argparse.Namespace) -> int:
         seed=args.seed,
         size=args.size,
         quality=args.quality,
+        chroma=args.chroma,
         address=args.address,
         max_in_flight=args.max_in_flight,
         max_skip_fraction=args.max_skip_fraction,
@@ -56,13 +57,16 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", required=True, help="split name: train, val, ...")
     p.add_argument("--labels", help="labels for a flat folder: CSV 'file,synset' (or LOC_val_solution.csv), "
                    "or the devkit's ILSVRC2012_validation_ground_truth.txt (with --synset-map)")
-    p.add_argument("--synset-map", help="devkit meta: a 'ILSVRC2012_ID synset' text file or meta.mat")
+    p.add_argument("--synset-map", help="devkit ID map for --labels ground truth: text lines 'ILSVRC2012_ID synset' "
+                   "(the (ID, WNID) pairs of the devkit's meta.mat)")
     p.add_argument("--classes", help="class list file (index, synset, name TSV); default: the train manifest "
                    "in OUT for non-train splits, else the sorted synsets found")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
     p.add_argument("--size", type=int, default=256, help="stored image side in pixels (default 256)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--chroma", default="420", choices=["420", "444"],
+                   help="JPEG chroma subsampling (default 420: faster to write and to load; 444: full colour)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--max-in-flight", type=int, default=None, help="shard tasks in flight (default 2x CPUs)")
     p.add_argument("--max-skip-fraction", type=float, default=0.01,
@@ -78,16 +82,151 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_inspect)
 
 
+def _summary(args: argparse.Namespace) -> int:
+    from trainer.summary import print_summary
+
+    return print_summary(args.variant, args.input, args.num_classes, args.width, args.json,
+                         devices=args.devices.split(",") if args.devices else None)
+
+
 def _add_model(sub: argparse._SubParsersAction) -> None:
     """`alexnet summary` (trainer/model.py)."""
+    p = sub.add_parser("summary", help="the model layer by layer: output shape, parameters, device")
+    p.add_argument("--variant", default="paper", choices=("paper", "caffenet", "one-tower"),
+                   help="paper (default: LRN then pool), caffenet (pool then LRN), one-tower (no LRN, no groups)")
+    p.add_argument("--input", type=int, default=224, help="input side in pixels: 224 (default) or 227")
+    p.add_argument("--num-classes", type=int, default=1000, help="output classes (default 1000)")
+    p.add_argument("--width", type=float, default=1.0, help="scale of every conv and hidden fc width (default 1)")
+    p.add_argument("--devices", help="device labels of the two towers, e.g. cuda:0,cuda:1 "
+                   "(default: two GPUs if present, else one GPU, else cpu,cpu)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_summary)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.config import resolve_config
+    from trainer.launch import train
+
+    config = resolve_config(args.config, args.set, data=args.data, name=args.name, storage=args.storage,
+                            workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    return train(config, address=args.address, fresh=args.fresh)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(args.checkpoint, args.data, ten_crop=args.ten_crop, as_json=args.json,
+                               batch_size=args.batch_size, split=args.split)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from trainer.report import plot_run
+
+    for location in plot_run(args.run):
+        print(location)
+    return 0
 
 
 def _add_training(sub: argparse._SubParsersAction) -> None:
     """`alexnet train`, `alexnet eval`, `alexnet plot` (trainer/)."""
+    p = sub.add_parser("train", help="train AlexNet with Ray Train (paper defaults; see README Training)")
+    p.add_argument("--data", help="dataset folder or URL written by `alexnet shard` (train + val splits)")
+    p.add_argument("--name", help="run name; the same name continues the run from its last checkpoint")
+    p.add_argument("--storage", help="folder or URL holding run folders (default: runs)")
+    p.add_argument("--workers", type=int, help="Ray Train workers = model replicas (default 1)")
+    p.add_argument("--gpus-per-worker", type=int, help="2: one tower per GPU; 0: CPU (default 0)")
+    p.add_argument("--config", help="YAML, TOML or JSON file of config keys (README Training)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set lr=0.02 (repeatable)")
+    p.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("eval", help="top-1 / top-5 error of a checkpoint, centre crop or ten crops")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt, a checkpoint folder, or a run folder "
+                   "(its best checkpoint); local or URL")
+    p.add_argument("--data", required=True, help="dataset folder or URL with the split to score")
+    p.add_argument("--split", default="val", help="split to score (default val)")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's ten patches, softmax averaged")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("plot", help="PNG plots of a run's loss and error with the lr reductions marked")
+    p.add_argument("run", help="run folder (STORAGE/NAME), local or URL")
+    p.set_defaults(handler=_plot)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from jobs.submit import submit
+
+    return submit(args.job, address=args.address, wait=not args.no_wait, gpus=args.gpus)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from jobs import jobs_client
+
+    if args.action == "list":
+        return jobs_client.list_jobs(args.address)
+    if args.action == "status":
+        return jobs_client.job_status(args.address, args.job_id)
+    if args.action == "logs":
+        return jobs_client.job_logs(args.address, args.job_id, follow=args.follow)
+    return jobs_client.stop_job(args.address, args.job_id)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(args.out, images=args.images, classes=args.classes, train_per_class=args.train_per_class,
+                    val_per_class=args.val_per_class, epochs=args.epochs, width=args.width,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, address=args.address)
 
 
 def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     """`alexnet submit`, `alexnet jobs`, `alexnet demo` (jobs/)."""
+    address_help = "the cluster's dashboard URL, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)"
+    p = sub.add_parser("submit", help="run shard / train / eval as a Ray job on a cluster",
+                       description="Upload this project and run `alexnet COMMAND ARGS` as a Ray job. "
+                       "Token auth: set RAY_AUTH_TOKEN. Exit status: 0 succeeded, the job's exit status "
+                       "when it failed, 3 when it was stopped.")
+    p.add_argument("--address", help=address_help)
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--gpus", type=float, default=0,
+                   help="GPUs for the job's driver process, where `eval` computes (default 0; e.g. 2)")
+    p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- shard|train|eval ARGS",
+                   help="the command the job runs, as you would give it to `alexnet`")
+    p.set_defaults(handler=_submit)
+
+    p = sub.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in [("list", "every job on the cluster"), ("status", "one job's state (exit status 1 when it failed or was stopped)"),
+                         ("logs", "one job's output"), ("stop", "stop a running job and wait until it has")]:
+        q = actions.add_parser(action, help=text)
+        if action != "list":
+            q.add_argument("job_id", metavar="ID", help="submission id printed by `alexnet submit`")
+        if action == "logs":
+            q.add_argument("--follow", action="store_true", help="stream until the job ends")
+        q.add_argument("--address", help=address_help)
+    p.set_defaults(handler=_jobs)
+
+    p = sub.add_parser("demo", help="the whole system on one machine: data, shards, training, ten-crop eval, report",
+                       description="Generate (or take) a small ImageNet-shaped dataset, shard it with Ray, train a "
+                       "reduced-width AlexNet with the plateau schedule, evaluate with ten crops, and write "
+                       "report.md / report.json into --out. Defaults: about 4 minutes on 2 CPU cores.")
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    p.add_argument("--images", help="a real tree instead of generated data: train/<synset>/*.JPEG and val/ "
+                   "(class folders, or flat with val_labels.csv 'file,synset' beside it)")
+    p.add_argument("--classes", type=int, default=8, help="generated classes, 2-10 (default 8)")
+    p.add_argument("--train-per-class", type=int, default=100, help="generated training images per class (default 100)")
+    p.add_argument("--val-per-class", type=int, default=25, help="generated validation images per class (default 25)")
+    p.add_argument("--epochs", type=int, default=8, help="maximum epochs (default 8)")
+    p.add_argument("--width", type=float, default=0.25, help="model width scale (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01, the paper's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default 0)")
+    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local instance)")
+    p.set_defaults(handler=_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,3 +158,41 @@ def _children(proc):
 @pytest.fixture(scope="session")
 def dashboard_url(ray_head) -> str:
     return os.environ["ALEXNET_TEST_DASHBOARD"]
+
+
+# --- Sharded datasets (sharding engineer): made once per session by the real `alexnet shard` CLI. ---
+
+@pytest.fixture(scope="session")
+def sharded_dataset(ray_head, sample_images, tmp_path_factory) -> str:
+    """A dataset folder: `train` = all 317 shared images as one-image classes (shard size 40: 8 shards,
+    the last short); `val` = 60 flipped/cropped re-encodings of every 5th image, a flat folder with a
+    `file,synset` CSV (shard size 16: 4 shards, the last short). Class indices = sorted synsets."""
+    from imagenet_trees import class_tree, flat_val, sample_files
+
+    root = tmp_path_factory.mktemp("sharded_dataset")
+    images = sample_files()
+    class_tree(root / "train", images)
+    val_folder, val_labels, _, _ = flat_val(root, images[::5][:60])
+    out = root / "dataset"
+    run_cli("shard", root / "train", out, "--split", "train", "--shard-size", "40", "--address", ray_head)
+    run_cli("shard", val_folder, out, "--split", "val", "--labels", val_labels, "--shard-size", "16",
+            "--address", ray_head)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(ray_head, sample_images, tmp_path_factory) -> str:
+    """A small dataset for fast training tests: 10 classes (every 31st shared image); `train` = 12 crops/
+    flips/re-encodings per class (120 samples, shard size 16), `val` = 4 other variants per class
+    (40 samples, shard size 8), flat folder with a CSV."""
+    from imagenet_trees import class_tree, flat_val, sample_files
+
+    root = tmp_path_factory.mktemp("small_dataset")
+    images = sample_files()[::31][:10]
+    class_tree(root / "train", images, per_class=12)
+    val_folder, val_labels, _, _ = flat_val(root, images, per_image=4)
+    out = root / "dataset"
+    run_cli("shard", root / "train", out, "--split", "train", "--shard-size", "16", "--address", ray_head)
+    run_cli("shard", val_folder, out, "--split", "val", "--labels", val_labels, "--shard-size", "8",
+            "--address", ray_head)
+    return str(out)

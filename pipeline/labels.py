@@ -1,0 +1,117 @@
+"""Label and class-list files in the forms ImageNet users actually have.
+
+Validation labels (`--labels`), as {file name or stem: synset}:
+- a CSV `file,synset` (a header line is optional);
+- Kaggle's `LOC_val_solution.csv`: `ImageId,PredictionString`, the first word of which is the synset;
+- the devkit's `ILSVRC2012_validation_ground_truth.txt`: line i holds the ILSVRC2012_ID of
+  `ILSVRC2012_val_<i:08d>.JPEG`; its IDs are NOT sorted-synset positions, so `--synset-map` must give
+  the ID -> synset table as text lines `ID synset` (e.g. `1 n02119789`).
+Class lists (`--classes`): `index<TAB>synset<TAB>name` (like imagenet-classes.tsv) or `synset name words`
+lines (LOC_synset_mapping.txt, synset_words.txt).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from pipeline import storage
+from pipeline.errors import UserError
+
+_HEADER_WORDS = {"file", "filename", "file_name", "image", "imageid", "image_id", "path", "name"}
+
+
+def _read_text(path: str, what: str) -> str:
+    if not storage.exists(path):
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return storage.read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text file") from None
+
+
+def read_labels(path: str, synset_map: str | None = None) -> dict[str, str]:
+    text = _read_text(path, "label file")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"label file {path} is empty")
+    if all(line.strip().isdigit() for line in lines[:10]):
+        return _devkit_ground_truth(path, lines, synset_map)
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [row for row in rows if row and any(cell.strip() for cell in row)]
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "predictionstring" in header:
+        return _loc_solution(path, rows)
+    if header[0] in _HEADER_WORDS:
+        rows = rows[1:]
+    labels = {}
+    for number, row in enumerate(rows, start=2 if header[0] in _HEADER_WORDS else 1):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise UserError(f"label file {path}, line {number}: expected 'file,synset', got {','.join(row)!r}")
+        labels[row[0].strip().rsplit("/", 1)[-1]] = row[1].strip()
+    return labels
+
+
+def _loc_solution(path: str, rows: list[list[str]]) -> dict[str, str]:
+    header = [cell.strip().lower() for cell in rows[0]]
+    image_col, pred_col = header.index("imageid") if "imageid" in header else 0, header.index("predictionstring")
+    labels = {}
+    for number, row in enumerate(rows[1:], start=2):
+        words = row[pred_col].split() if len(row) > pred_col else []
+        if not words:
+            raise UserError(f"label file {path}, line {number}: empty PredictionString")
+        labels[row[image_col].strip()] = words[0]
+    return labels
+
+
+def _devkit_ground_truth(path: str, lines: list[str], synset_map: str | None) -> dict[str, str]:
+    if synset_map is None:
+        raise UserError(f"label file {path} holds devkit ILSVRC2012_IDs: give the ID-to-synset table with "
+                        "--synset-map (text lines 'ID synset'; the IDs are not sorted-synset positions)")
+    id_to_synset = read_synset_map(synset_map)
+    labels = {}
+    for number, line in enumerate(lines, start=1):
+        ilsvrc_id = int(line.strip())
+        if ilsvrc_id not in id_to_synset:
+            raise UserError(f"label file {path}, line {number}: ID {ilsvrc_id} is not in {synset_map}")
+        labels[f"ILSVRC2012_val_{number:08d}"] = id_to_synset[ilsvrc_id]
+    return labels
+
+
+def read_synset_map(path: str) -> dict[int, str]:
+    if path.lower().endswith(".mat"):
+        raise UserError(f"{path}: meta.mat is not read directly; write its (ILSVRC2012_ID, WNID) pairs as "
+                        "text lines 'ID synset' and pass that file to --synset-map")
+    table = {}
+    for number, line in enumerate(_read_text(path, "synset map").splitlines(), start=1):
+        words = line.replace(",", " ").split()
+        if not words:
+            continue
+        if len(words) < 2 or not words[0].isdigit():
+            raise UserError(f"synset map {path}, line {number}: expected 'ID synset', got {line.strip()!r}")
+        table[int(words[0])] = words[1]
+    return table
+
+
+def read_class_list(path: str) -> list[tuple[str, str]]:
+    """[(synset, name)] in the file's order."""
+    classes = []
+    for number, line in enumerate(_read_text(path, "class list").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if "\t" in line:
+            cells = [c.strip() for c in line.split("\t")]
+            if cells[0].isdigit() and len(cells) >= 2:
+                cells = cells[1:]
+            if cells[0].lower() in ("synset", "wnid", "index"):
+                continue  # header
+            classes.append((cells[0], cells[1] if len(cells) > 1 else ""))
+        else:
+            synset, _, name = line.strip().partition(" ")
+            classes.append((synset, name.strip()))
+    if not classes:
+        raise UserError(f"class list {path} is empty")
+    synsets = [s for s, _ in classes]
+    if len(set(synsets)) != len(synsets):
+        raise UserError(f"class list {path} names a synset twice")
+    return classes

@@ -1,0 +1,215 @@
+"""Shards: the seeded plan, writing one tar (what a Ray task does), per-shard records, manifests.
+
+A shard's bytes are a pure function of its inputs and the image settings: members in a fixed order,
+every tar header field fixed (mtime 0, uid/gid 0, no user names, mode 0644), JSON with sorted keys.
+After a shard lands (written under a temporary name, then renamed or uploaded whole), its task writes
+a small record `.progress/<split>/<shard>.json` (size, sha256, index rows, skipped inputs, pixel
+moments). A rerun trusts a shard only when the record exists and the shard's size and sha256 match it,
+so a run killed at any point is completed by rerunning it, with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+import tempfile
+
+from pipeline import storage
+from pipeline.errors import UserError
+from pipeline.images import BadImage, decode_stored, process_image
+from pipeline.sources import Input, read_source
+from pipeline.stats import add_moments, empty_moments, image_moments
+
+FORMAT_VERSION = 1
+PROGRESS_DIR = ".progress"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def manifest_location(dataset: str, split: str) -> str:
+    return storage.join(dataset, f"{split}.manifest.json")
+
+
+def index_location(dataset: str, split: str) -> str:
+    return storage.join(dataset, f"{split}.index.parquet")
+
+
+def progress_location(dataset: str, split: str, name: str = "") -> str:
+    return storage.join(dataset, PROGRESS_DIR, split, name) if name else storage.join(dataset, PROGRESS_DIR, split)
+
+
+def plan_shards(inputs: list[Input], seed: int, shard_size: int) -> list[list[Input]]:
+    """Seeded shuffle of the key-sorted inputs, cut into shards of `shard_size` (the last one short)."""
+    order = sorted(inputs, key=lambda item: item.key)
+    random.Random(seed).shuffle(order)
+    return [order[i:i + shard_size] for i in range(0, len(order), shard_size)]
+
+
+def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Input, int]], *,
+                size: int, quality: int, chroma: str, with_stats: bool) -> dict:
+    """Write one shard (or reuse it when its record proves it complete); return its record."""
+    name = shard_name(split, shard_index)
+    location = storage.join(out, name)
+    existing = _valid_record(out, split, name)
+    if existing is not None:
+        return existing
+    rows, skipped, moments = [], [], empty_moments()
+    folder = None if storage.is_url(out) else os.path.abspath(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a dataset is for every user of the machine
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for item, label in samples:
+                try:
+                    jpeg, width, height = process_image(read_source(item.source), size, quality, chroma)
+                except BadImage as error:
+                    skipped.append({"path": item.path, "reason": str(error)})
+                    continue
+                meta = {"synset": item.synset, "source": item.path, "width": width, "height": height,
+                        "split": split}
+                _add_member(tar, f"{item.key}.jpg", jpeg)
+                _add_member(tar, f"{item.key}.cls", str(label).encode())
+                _add_member(tar, f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
+                rows.append([item.key, label, item.synset, name, len(rows), item.path, width, height, len(jpeg)])
+                if with_stats:
+                    moments = add_moments(moments, image_moments(decode_stored(jpeg)))
+        record = {"name": name, "samples": len(rows), "bytes": os.path.getsize(tmp), "sha256": _sha256_file(tmp),
+                  "rows": rows, "skipped": skipped, "moments": moments}
+        storage.upload_file_atomic(tmp, location)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    storage.write_bytes_atomic(progress_location(out, split, f"{name}.json"), json.dumps(record).encode())
+    return record
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of(location: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open_input(location) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _valid_record(out: str, split: str, name: str) -> dict | None:
+    """The shard's record when the shard on storage matches it in size and sha256, else None."""
+    record_location = progress_location(out, split, f"{name}.json")
+    shard_location = storage.join(out, name)
+    if not storage.exists(record_location) or not storage.exists(shard_location):
+        return None
+    try:
+        record = json.loads(storage.read_bytes(record_location))
+    except (json.JSONDecodeError, OSError):
+        return None
+    if storage.size(shard_location) != record.get("bytes") or sha256_of(shard_location) != record.get("sha256"):
+        return None
+    return record
+
+
+def read_manifest(dataset: str, split: str) -> dict:
+    """The finished split's manifest; UserError naming the file when it is missing or unreadable."""
+    location = manifest_location(dataset, split)
+    if not storage.exists(location):
+        partial = storage.exists(progress_location(dataset, split))
+        hint = ("the split was started but not finished: rerun the same `alexnet shard` command" if partial
+                else f"shard it first: alexnet shard SRC {dataset} --split {split}")
+        raise UserError(f"{location} not found ({hint})")
+    try:
+        manifest = json.loads(storage.read_bytes(location))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{location} is not valid JSON ({error})") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise UserError(f"{location} has format {manifest.get('format')}; this version reads {FORMAT_VERSION}")
+    return manifest
+
+
+def write_manifest(dataset: str, split: str, manifest: dict) -> None:
+    storage.write_bytes_atomic(manifest_location(dataset, split), json.dumps(manifest, indent=1).encode())
+
+
+INDEX_COLUMNS = ["key", "label", "synset", "shard", "position", "source", "width", "height", "bytes"]
+
+
+def rows_table(rows: list[list]):
+    """A shard's index rows as a pyarrow table: ~10x smaller on the driver than Python lists, which
+    matters at 1.28 million rows."""
+    import pyarrow as pa
+
+    types = [pa.string(), pa.int32(), pa.string(), pa.string(), pa.int32(), pa.string(), pa.int32(),
+             pa.int32(), pa.int64()]
+    columns = list(zip(*rows)) if rows else [[] for _ in INDEX_COLUMNS]
+    return pa.table({name: pa.array(list(col), type=t) for name, col, t in zip(INDEX_COLUMNS, columns, types)})
+
+
+def write_index(dataset: str, split: str, tables: list) -> None:
+    """`<split>.index.parquet`: one row per sample, queryable without opening a tar."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.concat_tables(tables) if tables else rows_table([]), buffer)
+    storage.write_bytes_atomic(index_location(dataset, split), buffer.getvalue())
+
+
+def check_writable(dataset: str) -> None:
+    """Fail early, with one line, when the output cannot be written."""
+    probe = storage.join(dataset, f".write-check-{os.getpid()}")
+    try:
+        storage.makedirs(dataset)
+        storage.write_bytes_atomic(probe, b"")
+        storage.delete(probe)
+    except OSError as error:
+        raise UserError(f"cannot write to output {dataset}: {error.strerror or error}") from None
+
+
+def _delete_tree(location: str) -> None:
+    if not storage.exists(location):
+        return
+    if storage.is_url(location):
+        fs, path = storage.resolve(location)
+        fs.delete_dir(path)
+    else:
+        import shutil
+
+        shutil.rmtree(location)
+
+
+def clear_progress(dataset: str, split: str) -> None:
+    _delete_tree(progress_location(dataset, split))
+    folder = storage.join(dataset, PROGRESS_DIR)
+    if not storage.is_url(dataset) and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+
+
+def clear_split(dataset: str, split: str, *, with_stats: bool) -> None:
+    """Remove a split (manifest first, so nothing half-removed looks finished)."""
+    storage.delete(manifest_location(dataset, split))
+    for name in storage.list_names(dataset):
+        if name.startswith(f"{split}-") and name.endswith(".tar"):
+            storage.delete(storage.join(dataset, name))
+    storage.delete(index_location(dataset, split))
+    if with_stats:
+        storage.delete(storage.join(dataset, "stats.json"))
+    clear_progress(dataset, split)

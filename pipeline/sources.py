@@ -1,0 +1,182 @@
+"""Find the inputs of a split in each ImageNet layout, as (key, source path, synset, where the bytes are).
+
+Layouts:
+- class folders: `SRC/<synset>/<file>` (train, or a val folder already sorted into classes);
+- a flat folder plus a label file (`pipeline.labels`): `SRC/ILSVRC2012_val_00000001.JPEG` ...;
+- the train tar of per-class tars (`ILSVRC2012_img_train.tar` holding `n01440764.tar` ...), local or a
+  URL. One streaming pass over the tar headers records where each image's bytes sit in the outer file
+  (outer member's data offset + inner member's data offset); shard tasks then read just those byte
+  ranges, which works the same on a local disk and on object storage. Nothing is unpacked.
+
+A source is a `Source(location, offset, length)`: offset None means "the whole file".
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import sys
+import tarfile
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from pipeline import storage
+from pipeline.errors import UserError
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    location: str  # local path or URL of the file that holds the bytes
+    offset: int | None = None  # byte offset inside `location`; None: the whole file
+    length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    key: str  # unique within the split, no dots (webdataset reads a dot as the start of the extension)
+    path: str  # source path relative to the input root, recorded in the sample's .json and the index
+    synset: str
+    source: Source
+
+
+def read_source(source: Source) -> bytes:
+    """The bytes of one input: a whole file, or a byte range of a tar (a ranged GET on object storage)."""
+    if source.offset is None:
+        return storage.read_bytes(source.location)
+    if not storage.is_url(source.location):
+        with open(source.location, "rb") as f:
+            f.seek(source.offset)
+            return f.read(source.length)
+    return _open_remote(source.location).read_at(source.length, source.offset)
+
+
+_remote_files: dict = {}
+
+
+def _open_remote(location: str):
+    """One open random-access handle per remote tar and process: a shard task reads hundreds of ranges
+    from the same tar, and each open costs a round trip."""
+    if location not in _remote_files:
+        if len(_remote_files) > 8:
+            _remote_files.pop(next(iter(_remote_files))).close()
+        fs, path = storage.resolve(location)
+        _remote_files[location] = fs.open_input_file(path)
+    return _remote_files[location]
+
+
+def is_tar(src: str) -> bool:
+    return src.lower().endswith(".tar") and not storage.is_dir(src)
+
+
+def find_inputs(src: str, labels: dict[str, str] | None = None) -> list[Input]:
+    """Every candidate input of SRC, sorted by path, with unique keys.
+
+    `labels` maps a flat folder's file names (or stems) to synsets; without it SRC must hold class folders.
+    """
+    if not storage.exists(src):
+        raise UserError(f"input {src} does not exist")
+    if is_tar(src):
+        found = list(_scan_train_tar(src))
+    else:
+        found = _scan_folder(src, labels)
+    if not found:
+        raise UserError(f"input {src} holds no image files (expected class folders <synset>/*.JPEG, a flat "
+                        "folder with --labels, or the train tar of per-class tars)")
+    found.sort(key=lambda item: item[0])
+    keys = assign_keys([path for path, _, _ in found])
+    return [Input(key, path, synset, source) for key, (path, synset, source) in zip(keys, found)]
+
+
+def _list_files(src: str) -> list[tuple[str, int]]:
+    """(path relative to src with '/', size) of every file under src."""
+    if not storage.is_url(src):
+        root = os.path.abspath(src)
+        out = []
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            rel = os.path.relpath(folder, root)
+            for name in files:
+                out.append(((name if rel == "." else f"{rel}/{name}").replace(os.sep, "/"), 0))
+        return out
+    fs, path = storage.resolve(src)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    base = path.rstrip("/") + "/"
+    return [(i.path[len(base):], i.size) for i in infos if i.type == pafs.FileType.File]
+
+
+def _scan_folder(src: str, labels: dict[str, str] | None) -> list[tuple[str, str, Source]]:
+    files = [rel for rel, _ in _list_files(src) if not posixpath.basename(rel).startswith(".")]
+    nested = [rel for rel in files if "/" in rel]
+    images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
+    if not files:
+        return []
+    if labels is None:
+        if not nested:
+            raise UserError(f"input {src} is a flat folder: give its labels with --labels "
+                            "(CSV 'file,synset', LOC_val_solution.csv, or the devkit ground truth)")
+        # class folders: the first path component is the synset; files of any name count (a PNG or a
+        # text file named .JPEG is found here and skipped later with its reason)
+        return [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
+    found, unlabelled = [], []
+    for rel in images if images else files:
+        synset = labels.get(posixpath.basename(rel)) or labels.get(_stem(posixpath.basename(rel)))
+        if synset is None:
+            unlabelled.append(rel)
+        else:
+            found.append((rel, sys.intern(synset), Source(storage.join(src, rel))))
+    if unlabelled:
+        raise UserError(f"the label file has no entry for {len(unlabelled)} image(s) in {src}, "
+                        f"e.g. {unlabelled[0]}")
+    return found
+
+
+def _scan_train_tar(src: str) -> list[tuple[str, str, Source]]:
+    """One pass over the outer tar's headers (inner tars read through in-place, never extracted)."""
+    found = []
+    with storage.open_input(src) as stream:
+        try:
+            outer = tarfile.open(fileobj=stream, mode="r|")
+            for member in outer:
+                if not member.isfile():
+                    continue
+                name = posixpath.basename(member.name)
+                if not name.lower().endswith(".tar"):
+                    raise UserError(f"{src}: member {member.name} is not a per-class tar "
+                                    "(expected ILSVRC2012_img_train.tar's layout: <synset>.tar members)")
+                synset = name[: -len(".tar")]
+                base = member.offset_data
+                inner = tarfile.open(fileobj=outer.extractfile(member), mode="r|")
+                for item in inner:
+                    if item.isfile():
+                        rel = f"{synset}/{posixpath.basename(item.name)}"
+                        found.append((rel, synset, Source(src, base + item.offset_data, item.size)))
+        except tarfile.TarError as error:
+            raise UserError(f"{src}: not a readable tar ({error})") from None
+    return found
+
+
+def _stem(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def assign_keys(paths: list[str]) -> list[str]:
+    """Deterministic, unique, dot-free keys: the file's stem where unique (n01440764_10026,
+    ILSVRC2012_val_00000001), else the whole relative path, else a numbered suffix."""
+    stems = [_KEY_UNSAFE.sub("_", _stem(posixpath.basename(p))) for p in paths]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    keys, used = [], set()
+    for path, stem in zip(paths, stems):
+        key = stem if counts[stem] == 1 else _KEY_UNSAFE.sub("_", path.rsplit(".", 1)[0])
+        candidate, n = key, 1
+        while candidate in used:
+            candidate, n = f"{key}_{n}", n + 1
+        used.add(candidate)
+        keys.append(candidate)
+    return keys

@@ -1,0 +1,58 @@
+"""`alexnet inspect`: what a dataset holds, and --verify catching a damaged shard."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+from conftest import run_cli
+from pipeline.progress import Progress
+
+
+def test_inspect_summarises_every_split(sharded_dataset):
+    text = run_cli("inspect", sharded_dataset).stdout
+    assert "train: 317 samples in 8 shards" in text and "val: 60 samples in 4 shards" in text
+    assert "317 classes" in text and "stats (0-255): mean" in text
+    report = json.loads(run_cli("inspect", sharded_dataset, "--json").stdout)
+    assert report["splits"]["val"]["samples"] == 60 and report["stats"]["pixel_count"] == 317 * 256 * 256
+
+
+def test_verify_names_a_damaged_or_missing_shard(sharded_dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sharded_dataset, copy)
+    assert "all shards match the manifest" in run_cli("inspect", copy, "--verify").stdout
+    shard = copy / "val-000002.tar"
+    data = bytearray(shard.read_bytes())
+    data[5000] ^= 0xFF  # one flipped bit pattern inside an image: same size, different sha256
+    shard.write_bytes(bytes(data))
+    (copy / "train-000003.tar").unlink()
+    result = run_cli("inspect", copy, "--verify", check=False)
+    assert result.returncode == 1
+    assert "val-000002.tar: sha256 differs" in result.stdout and "train-000003.tar: missing" in result.stdout
+
+
+def test_unfinished_split_is_reported(sharded_dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sharded_dataset, copy)
+    (copy / "val.manifest.json").unlink()
+    (copy / ".progress" / "val").mkdir(parents=True)
+    (copy / ".progress" / "val" / "config.json").write_text("{}")
+    text = run_cli("inspect", copy).stdout
+    assert "val: unfinished" in text and "train: 317 samples" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
+    bar, log = _Terminal(), io.StringIO()
+    for stream in (bar, log):
+        progress = Progress(100, 4, stream=stream, interval_s=0)
+        for _ in range(4):
+            progress.update(25)
+    assert "\r[" in bar.getvalue() and "#" * 30 in bar.getvalue() and "images/s" in bar.getvalue()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and lines[-1].startswith("shard: 100/100 images, 4/4 shards")

@@ -1,0 +1,237 @@
+"""`alexnet shard` end to end: the real CLI, a real Ray head, real shared images, real S3 (moto)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import alexnet_cmd, run_cli
+from imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
+from pipeline.shards import read_manifest
+from pipeline.stats import read_stats
+
+
+def _read_shard(path: Path) -> list[tuple[str, bytes, int, dict]]:
+    """(key, jpeg, label, meta) per sample, checking each sample's three members sit together in order."""
+    samples = []
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        assert len(members) % 3 == 0
+        for jpg, cls, meta in zip(members[0::3], members[1::3], members[2::3]):
+            key = jpg.name[: -len(".jpg")]
+            assert (jpg.name, cls.name, meta.name) == (f"{key}.jpg", f"{key}.cls", f"{key}.json")
+            assert jpg.mtime == 0 and "." not in key
+            samples.append((key, tar.extractfile(jpg).read(), int(tar.extractfile(cls).read()),
+                            json.loads(tar.extractfile(meta).read())))
+    return samples
+
+
+def _shard_bytes(folder: Path, split: str = "train") -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob(f"{split}-*.tar"))}
+
+
+def test_train_split_holds_every_input_once(sharded_dataset):
+    folder = Path(sharded_dataset)
+    manifest = read_manifest(sharded_dataset, "train")
+    images = sample_files()
+    synsets = sorted(synset_of(i) for i in images)
+    assert manifest["num_classes"] == 317 and [c["synset"] for c in manifest["classes"]] == synsets
+    assert [s["samples"] for s in manifest["shards"]] == [40] * 7 + [37]
+    assert manifest["total_samples"] == manifest["inputs_found"] == 317 and manifest["skipped"] == []
+    seen = []
+    for entry in manifest["shards"]:
+        path = folder / entry["name"]
+        assert path.stat().st_size == entry["bytes"]
+        for key, jpeg, label, meta in _read_shard(path):
+            with Image.open(io.BytesIO(jpeg)) as img:
+                assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (256, 256))
+            assert synsets[label] == meta["synset"] and meta["split"] == "train"
+            seen.append(meta["source"])
+    assert sorted(seen) == sorted(f"{synset_of(i)}/{synset_of(i)}_0.JPEG" for i in images)
+    index = pq.read_table(folder / "train.index.parquet").to_pylist()
+    assert len(index) == 317 and sorted(r["source"] for r in index) == sorted(seen)
+    assert all(synsets[r["label"]] == r["synset"] for r in index)
+
+
+def test_val_split_takes_train_indices_and_reads_with_webdataset(sharded_dataset):
+    import webdataset as wds
+
+    folder = Path(sharded_dataset)
+    train_classes = {c["synset"]: c["index"] for c in read_manifest(sharded_dataset, "train")["classes"]}
+    with open(folder.parent / "val_labels.csv") as f:
+        truth = {row["file"]: row["synset"] for row in csv.DictReader(f)}
+    manifest = read_manifest(sharded_dataset, "val")
+    assert [s["samples"] for s in manifest["shards"]] == [16, 16, 16, 12]
+    expected = {}
+    for entry in manifest["shards"]:
+        for key, _, label, meta in _read_shard(folder / entry["name"]):
+            assert truth[meta["source"]] == meta["synset"] and label == train_classes[meta["synset"]]
+            expected[key] = label
+    assert len(expected) == len(truth) == 60
+    urls = [str(folder / s["name"]) for s in manifest["shards"]]
+    dataset = wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("__key__", "jpg", "cls")
+    got = {}
+    for key, image, label in dataset:
+        assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+        got[key] = int(label)
+    assert got == expected
+
+
+def test_stats_equal_numpy_over_the_stored_images(sharded_dataset):
+    images = []  # every stored image decoded with Pillow (not the pipeline's decoder), uint8 0-255
+    for path in sorted(Path(sharded_dataset).glob("train-*.tar")):
+        for _, jpeg, _, _ in _read_shard(path):
+            with Image.open(io.BytesIO(jpeg)) as img:
+                images.append(np.asarray(img.convert("RGB")))
+    x = np.stack(images).reshape(-1, 3)
+    mean = x.mean(axis=0, dtype=np.float64)
+    covariance = np.zeros((3, 3))
+    for chunk in np.array_split(x, 32):  # two-pass, centred: a different computation from the pipeline's
+        centred = chunk - mean
+        covariance += centred.T @ centred
+    covariance /= len(x)
+    stats = read_stats(sharded_dataset)
+    assert stats["pixel_count"] == len(x) == 317 * 256 * 256
+    np.testing.assert_allclose(stats["mean_rgb"], mean, rtol=1e-9)
+    np.testing.assert_allclose(stats["std_rgb"], np.sqrt(np.diag(covariance)), rtol=1e-7)
+    np.testing.assert_allclose(stats["covariance_rgb"], covariance, rtol=1e-7)
+    values, vectors = np.linalg.eigh(covariance)
+    np.testing.assert_allclose(stats["eigenvalues"], values[::-1], rtol=1e-7)
+    for j in range(3):  # eigenvectors up to sign
+        assert abs(abs(np.dot(np.array(stats["eigenvectors"])[:, j], vectors[:, 2 - j])) - 1) < 1e-6
+    assert 0.15 < stats["eigenvalues"][0] / 255**2 < 0.25  # ImageNet-like on the [0, 1] scale
+
+
+@pytest.mark.slow
+def test_ray_data_reads_the_shards(sharded_dataset, ray_head):
+    import ray
+
+    ray.init(address=ray_head, logging_level="ERROR")
+    try:
+        names = [s["name"] for s in read_manifest(sharded_dataset, "val")["shards"]]
+        rows = ray.data.read_webdataset([os.path.join(sharded_dataset, n) for n in names]).take_all()
+    finally:
+        ray.shutdown()
+    assert len(rows) == 60 and len({r["__key__"] for r in rows}) == 60
+    assert all(r["jpg"].shape == (256, 256, 3) for r in rows[:5])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_bytes_and_reruns_are_idempotent(tmp_path, ray_head):
+    src = class_tree(tmp_path / "train", sample_files()[::20], per_class=2)  # 16 classes, 32 images
+    args = ["--split", "train", "--shard-size", "2", "--max-in-flight", "1", "--address", ray_head]
+    run_cli("shard", src, tmp_path / "a", *args)
+
+    killed = tmp_path / "b"
+    proc = subprocess.Popen(alexnet_cmd("shard", src, killed, *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    records = killed / ".progress" / "train"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(records.glob("*.tar.json"))) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(records.glob("*.tar.json")))
+    assert 3 <= done_at_kill < 16 and not (killed / "train.manifest.json").exists()
+
+    result = run_cli("shard", src, killed, *args)
+    assert "16 shards" in result.stdout
+    assert _shard_bytes(killed) == _shard_bytes(tmp_path / "a") and len(_shard_bytes(killed)) == 16
+    assert (killed / "train.index.parquet").read_bytes() == (tmp_path / "a" / "train.index.parquet").read_bytes()
+    assert read_stats(str(killed)) == read_stats(str(tmp_path / "a"))
+    assert not list(killed.glob(".*.tmp")) and not (killed / ".progress").exists()
+
+    again = run_cli("shard", src, killed, *args)
+    assert "nothing to do" in again.stdout
+    refused = run_cli("shard", src, killed, *args, "--seed", "1", check=False)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "seed 0 -> 1" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert _shard_bytes(killed) == _shard_bytes(tmp_path / "a")
+
+
+@pytest.mark.slow
+def test_odd_files_in_the_train_tar_are_converted_or_skipped_with_reasons(tmp_path, ray_head):
+    images = sample_files()[:6]
+    root = class_tree(tmp_path / "train", images, per_class=2)
+    odd = odd_files(root / synset_of(images[0]), images[1])
+    tar = train_tar(root, tmp_path / "ILSVRC2012_img_train.tar")
+    out = tmp_path / "out"
+    args = ["shard", tar, out, "--split", "train", "--shard-size", "5", "--address", ray_head]
+
+    failed = run_cli(*args, check=False)  # 3 of 20 unreadable: over the default 1% threshold
+    assert failed.returncode == 2 and "3 of 20 inputs could not be used" in failed.stderr
+    assert not (out / "train.manifest.json").exists()
+
+    run_cli(*args, "--max-skip-fraction", "0.2")
+    manifest = read_manifest(str(out), "train")
+    skipped = {Path(e["path"]).name: e["reason"] for e in manifest["skipped"]}
+    assert set(skipped) == {name for name, converts in odd.items() if not converts}
+    assert "truncated" in skipped[f"{synset_of(images[0])}_truncated.JPEG"]
+    assert manifest["inputs_found"] == 20 == manifest["total_samples"] + len(skipped)
+    sources = {r["source"] for r in pq.read_table(out / "train.index.parquet").to_pylist()}
+    converted = {f"{synset_of(images[0])}/{name}" for name, converts in odd.items() if converts}
+    assert converted <= sources and len(sources) == 17
+
+
+@pytest.mark.slow
+def test_writes_to_s3_and_verifies_there(tmp_path, ray_head, s3_bucket):
+    src = class_tree(tmp_path / "train", sample_files()[:8])
+    out = f"s3://{s3_bucket}/imagenet"
+    run_cli("shard", src, out, "--split", "train", "--shard-size", "3", "--address", ray_head)
+    manifest = read_manifest(out, "train")
+    assert manifest["total_samples"] == 8 and len(manifest["shards"]) == 3
+    assert read_stats(out)["pixel_count"] == 8 * 256 * 256
+    result = run_cli("inspect", out, "--verify")  # re-reads every shard from S3 against its sha256
+    assert "all shards match" in result.stdout
+    from pipeline import storage
+
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(f"{out}/train-000000.tar"))) as tar:
+        assert len(tar.getnames()) == 9
+
+
+def test_user_errors_are_one_line_and_leave_nothing_finished(tmp_path):
+    src = class_tree(tmp_path / "train", sample_files()[:2])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "ILSVRC2012_val_00000001.JPEG").write_bytes(sample_files()[0].read_bytes())
+    bad_labels = tmp_path / "labels.csv"
+    bad_labels.write_text("file,synset\nILSVRC2012_val_00000001.JPEG\n")
+    out = tmp_path / "out"
+    cases = [
+        (["shard", tmp_path / "missing", out, "--split", "train"], "does not exist"),
+        (["shard", tmp_path / "empty", out, "--split", "train"], "holds no image files"),
+        (["shard", src, tmp_path / "a_file" / "out", "--split", "train"], "cannot write to output"),
+        (["shard", flat, out, "--split", "val", "--labels", bad_labels], "labels.csv, line 2"),
+        (["shard", flat, out, "--split", "val"], "--labels"),
+        (["shard", src, out, "--split", "val"], "shard the train split"),
+        (["shard", src, out, "--split", "train", "--quality", "0"], "--quality"),
+        (["inspect", out], "not a folder"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (out / "train.manifest.json").exists() and not (out / "val.manifest.json").exists()
+
+
+def test_small_dataset_fixture_is_what_training_tests_expect(small_dataset):
+    train, val = read_manifest(small_dataset, "train"), read_manifest(small_dataset, "val")
+    assert train["num_classes"] == val["num_classes"] == 10 and train["classes"] == val["classes"]
+    assert [s["samples"] for s in train["shards"]] == [16] * 7 + [8]
+    assert [s["samples"] for s in val["shards"]] == [8] * 5
+    labels = pq.read_table(Path(small_dataset) / "train.index.parquet").column("label").to_pylist()
+    assert sorted(set(labels)) == list(range(10)) and all(labels.count(c) == 12 for c in range(10))
