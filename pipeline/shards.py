@@ -184,20 +184,8 @@ def check_writable(dataset: str) -> None:
         raise UserError(f"cannot write to output {dataset}: {error.strerror or error}") from None
 
 
-def _delete_tree(location: str) -> None:
-    if not storage.exists(location):
-        return
-    if storage.is_url(location):
-        fs, path = storage.resolve(location)
-        fs.delete_dir(path)
-    else:
-        import shutil
-
-        shutil.rmtree(location)
-
-
 def clear_progress(dataset: str, split: str) -> None:
-    _delete_tree(progress_location(dataset, split))
+    storage.delete_tree(progress_location(dataset, split))
     folder = storage.join(dataset, PROGRESS_DIR)
     if not storage.is_url(dataset) and os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tempfile
 import uuid
 from typing import BinaryIO
@@ -150,6 +151,17 @@ def delete(location: str) -> None:
     fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_file(path)
+
+
+def delete_tree(location: str) -> None:
+    """Remove a folder and everything in it, if it exists."""
+    if not exists(location):
+        return
+    if is_url(location):
+        fs, path = resolve(location)
+        fs.delete_dir(path)
+    else:
+        shutil.rmtree(location)
 
 
 def _same_device(a: str, b: str) -> bool:

@@ -112,6 +112,9 @@ def ray_head(s3_server, tmp_path_factory) -> str:
     env = {**os.environ, **s3_server}
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=2",
                     "--node-ip-address=127.0.0.1", f"--ray-client-server-port={free_port()}",
+                    # the dashboard agent's default port (52365) may be held by another Ray instance on the
+                    # machine; without an agent, the head cannot run submitted jobs
+                    f"--dashboard-agent-listen-port={free_port()}",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=120)

@@ -82,6 +82,25 @@ def test_positive_bias_option_changes_only_those_biases():
     assert torch.all(biases["towers.0.conv1.bias"] == 0) and torch.all(biases["towers.0.fc7.bias"] == 0.1)
 
 
+def test_scaled_init_keeps_a_narrow_models_output_dependent_on_the_image():
+    """At width 0.25 the paper's fixed std drowns the image in the constant biases; "scaled" does not."""
+    images = real_batch(8)
+    spreads = {}
+    for init in ("paper", "scaled"):
+        model = small_model(init=init).eval()
+        weights = {n.split(".")[-2]: p for n, p in model.named_parameters() if n.startswith("towers.0") and
+                   n.endswith("weight")}
+        expected = 0.01 if init == "paper" else 0.02  # 0.01 / sqrt(0.25) after conv1
+        assert weights["conv1"].std().item() == pytest.approx(0.01, rel=0.05)
+        for layer in ("conv2", "conv5", "fc6", "fc7"):
+            assert weights[layer].std().item() == pytest.approx(expected, rel=0.05), (init, layer)
+        with torch.no_grad():
+            spreads[init] = model(images).std(dim=0).mean().item()  # how much the logits depend on the image
+    assert spreads["scaled"] > 20 * spreads["paper"], spreads
+    with pytest.raises(UserError, match="unknown init 'kaiming'"):
+        small_model(init="kaiming")
+
+
 def lrn_numpy(a: np.ndarray, n: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75) -> np.ndarray:
     """The paper's formula, map by map: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta."""
     maps = a.shape[1]
@@ -210,7 +229,8 @@ def test_autocast_bf16_and_channels_last_give_the_fp32_answer():
 
 
 def test_a_training_step_reduces_the_loss_on_a_fixed_batch():
-    model = small_model(dropout=0.0)
+    # The narrow-model settings (README "## Model", Init): with bias 1 the first steps at lr 0.01 overshoot.
+    model = small_model(dropout=0.0, positive_bias=0.1)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images, labels = real_batch(8), torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
     losses = []

@@ -13,8 +13,9 @@ Conventions (README "## Model"):
   so it gets alpha * n = 5e-4. It runs within each tower's own maps, in float32 even under autocast.
 - A 224 input is padded by 3 on the right and bottom before conv1, which is what cuda-convnet's
   `1 + ceil((size - 11) / 4)` output size amounted to: 224 and 227 both give 55x55.
-- Initialisation: weights N(0, 0.01); biases `positive_bias` (the paper's 1) in conv2, conv4, conv5,
-  fc6, fc7, else 0.
+- Initialisation: weights N(0, 0.01) at width 1 (the paper); biases `positive_bias` (the paper's 1) in
+  conv2, conv4, conv5, fc6, fc7, else 0. Narrower models need `init="scaled"` (the default), see
+  `AlexNet.reset_parameters`.
 - `state_dict()` holds CPU tensors under names that do not depend on the devices, so a checkpoint
   saved on two GPUs loads into the same variant on one GPU or the CPU.
 """
@@ -33,6 +34,8 @@ from torch import nn
 from pipeline.errors import UserError
 
 VARIANTS = ("paper", "caffenet", "one-tower")
+INITS = ("scaled", "paper")  # see AlexNet.reset_parameters
+PAPER_STD = 0.01
 
 # Per-tower widths of the paper's network (two towers); the one-tower variant doubles them.
 TOWER_WIDTHS = {"conv1": 48, "conv2": 128, "conv3": 192, "conv4": 192, "conv5": 128, "fc6": 2048, "fc7": 2048}
@@ -166,10 +169,13 @@ class AlexNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, variant: str = "paper",
                  devices: Sequence[str | torch.device] = ("cpu", "cpu"), *, width: float = 1.0,
-                 dropout: float = 0.5, positive_bias: float = 1.0, channels_last: bool | None = None) -> None:
+                 dropout: float = 0.5, positive_bias: float = 1.0, init: str = "scaled",
+                 channels_last: bool | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise UserError(f"unknown model variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+        if init not in INITS:
+            raise UserError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
         if width <= 0 or num_classes < 1:
             raise UserError(f"width must be > 0 and num_classes >= 1, got width={width}, "
                             f"num_classes={num_classes}")
@@ -182,20 +188,28 @@ class AlexNet(nn.Module):
             Tower(widths, towers, lrn=variant != "one-tower", pool_before_lrn=variant == "caffenet",
                   dropout=dropout).to(device) for device in placed)
         self.fc8 = nn.Linear(widths["fc7"] * towers, num_classes, device=placed[0])
-        self.reset_parameters(positive_bias)
+        self.reset_parameters(positive_bias, init)
         if channels_last if channels_last is not None else placed[0].type == "cuda":
             self.to(memory_format=torch.channels_last)
         # Names never mention a device; values go to the CPU so any machine can load them.
         self.register_state_dict_post_hook(_state_dict_to_cpu)
 
     @torch.no_grad()
-    def reset_parameters(self, positive_bias: float = 1.0) -> None:
-        """The paper's init: weights N(0, 0.01); biases `positive_bias` in conv2/4/5, fc6/7, else 0."""
+    def reset_parameters(self, positive_bias: float = 1.0, init: str = "scaled") -> None:
+        """Weights N(0, std); biases `positive_bias` in conv2/4/5, fc6/7, else 0 (the paper's layout).
+
+        "paper": std 0.01 in every layer, at any width. "scaled": std 0.01 in conv1 and
+        0.01 / sqrt(width) after it, the same as "paper" at width 1. Every layer after conv1 has a
+        fan-in proportional to `width`, so the paper's std at width 0.25 halves each layer's gain
+        (std x sqrt(fan-in)); over conv2..fc7 the image signal shrinks ~64x against the constant
+        biases, and a narrow model's loss sits at ln(classes) (README "## Model", Init).
+        """
+        later_std = PAPER_STD / math.sqrt(self.width) if init == "scaled" else PAPER_STD
         for name, module in self.named_modules():
             # Meta tensors (shape-only models, `alexnet summary`) hold no values; normal_ on them
             # would import torch._dynamo, seconds for nothing.
             if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.is_meta:
-                module.weight.normal_(0.0, 0.01)
+                module.weight.normal_(0.0, PAPER_STD if name.endswith("conv1") else later_std)
                 module.bias.fill_(positive_bias if name.split(".")[-1] in POSITIVE_BIAS_LAYERS else 0.0)
 
     @property

@@ -1,0 +1,127 @@
+"""The demo's report: report.json (the numbers), report.md (numbers, curves, first-layer filters).
+
+The filter picture is the paper's Figure 3: conv1's kernels drawn as small RGB images, one block per
+tower. In the paper the tower on GPU 1 learned mostly colour-agnostic edges and the one on GPU 2 mostly
+colour blobs; with a tiny model and a few minutes of training the split is faint, but the grouping shows
+what each device holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+
+def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: dict) -> dict:
+    from pipeline.shards import read_manifest
+    from trainer import checkpoint as ckpt
+    from trainer.report import plot_run, read_metrics
+
+    manifest = read_manifest(data, "train")
+    classes = int(manifest["num_classes"])
+    epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
+    if not epochs:
+        raise UserError(f"{run_dir} holds no finished epoch: training did not get through one")
+    state = ckpt.load(run_dir)
+    report = {
+        "top1_error": result["top1_error"], "top5_error": result["top5_error"],
+        "chance_top1_error": 1 - 1 / classes, "chance_top5_error": max(0.0, 1 - min(5, classes) / classes),
+        "crops": result["crops"], "val_images": result["samples"], "classes": classes,
+        "train_images": int(manifest["total_samples"]), "epochs": len(epochs),
+        "best_epoch": int(state["epoch"]) + 1,
+        "centre_crop_val_top1_error_per_epoch": [r.get("val_top1_error") for r in epochs],
+        "lr_per_epoch": [r.get("lr") for r in epochs],
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "width": state["config"]["width"], "run": run_dir, "data": data,
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for plot in plot_run(run_dir):
+        shutil.copy(plot, out_dir / Path(plot).name)
+    filters_png = out_dir / "filters.png"
+    draw_filters(state["model"], filters_png)
+    (out_dir / "report.md").write_text(_markdown(report, epochs))
+    return report
+
+
+def tower_filters(model_state: dict) -> list[np.ndarray]:
+    """conv1 weights per tower, each [filters, 11, 11, 3] scaled to 0-1 per filter for display."""
+    towers = []
+    index = 0
+    while f"towers.{index}.conv1.weight" in model_state:
+        weight = model_state[f"towers.{index}.conv1.weight"].float().numpy().transpose(0, 2, 3, 1)
+        low = weight.min(axis=(1, 2, 3), keepdims=True)
+        high = weight.max(axis=(1, 2, 3), keepdims=True)
+        towers.append((weight - low) / np.maximum(high - low, 1e-12))
+        index += 1
+    if not towers:
+        raise UserError("the checkpoint's model has no towers.N.conv1.weight: not an alexnet-ray AlexNet")
+    return towers
+
+
+def draw_filters(model_state: dict, path: Path, per_row: int = 16) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    towers = tower_filters(model_state)
+    fig, axes = plt.subplots(len(towers), 1, figsize=(per_row * 0.6, 1.2 + 0.9 * len(towers) *
+                                                      -(-len(towers[0]) // per_row)), squeeze=False)
+    for index, (filters, ax) in enumerate(zip(towers, axes[:, 0])):
+        ax.imshow(_tile(filters, per_row), interpolation="nearest")
+        ax.set_title(f"tower {index + 1} (device {index}): {len(filters)} conv1 kernels, 11x11x3", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tile(filters: np.ndarray, per_row: int) -> np.ndarray:
+    count, size = len(filters), filters.shape[1]
+    rows, cols = -(-count // per_row), min(count, per_row)
+    grid = np.ones((rows * (size + 1) + 1, cols * (size + 1) + 1, 3))
+    for i, kernel in enumerate(filters):
+        r, c = divmod(i, per_row)
+        grid[1 + r * (size + 1):1 + r * (size + 1) + size, 1 + c * (size + 1):1 + c * (size + 1) + size] = kernel
+    return grid
+
+
+def _markdown(report: dict, epochs: list[dict]) -> str:
+    rows = "\n".join(
+        f"| {r['epoch'] + 1} | {r.get('lr', float('nan')):.4g} | {r.get('train_loss', float('nan')):.3f} | "
+        f"{r.get('val_loss', float('nan')):.3f} | {r.get('val_top1_error', float('nan')):.3f} | "
+        f"{r.get('val_top5_error', float('nan')):.3f} | {r.get('decision', '')} |" for r in epochs)
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+    return f"""# alexnet demo report
+
+{report['classes']} classes, {report['train_images']} training and {report['val_images']} validation images;
+AlexNet (two towers) at width {report['width']}, {report['epochs']} epochs (best: epoch {report['best_epoch']}).
+
+| validation, {report['crops']} crops | top-1 error | top-5 error |
+|---|---|---|
+| this run (best checkpoint) | {report['top1_error']:.3f} | {report['top5_error']:.3f} |
+| chance | {report['chance_top1_error']:.3f} | {report['chance_top5_error']:.3f} |
+
+Time: {seconds}.
+
+## Training curves
+
+![loss](loss.png)
+
+![error](error.png)
+
+| epoch | lr | train loss | val loss | val top-1 (centre) | val top-5 (centre) | schedule |
+|---|---|---|---|---|---|---|
+{rows}
+
+## First-layer filters by tower (the paper's Figure 3)
+
+![conv1 filters](filters.png)
+
+Run folder: `{report['run']}`; shards: `{report['data']}`.
+"""

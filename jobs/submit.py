@@ -1,0 +1,118 @@
+"""`alexnet submit -- shard|train|eval ARGS...`: the same CLI command, run as a Ray job on a cluster.
+
+The job's entrypoint is `python -m jobs.cli <command> <args>` inside the uploaded project folder, so the
+cluster runs exactly the code path `alexnet <command>` runs locally, from the code the user has checked
+out (the working directory is first on the path; Ray puts it on every task's and Train worker's path
+too). Inside a job RAY_ADDRESS points at the cluster, so the command joins it without `--address`.
+
+Dependencies are deliberately not shipped as a runtime_env `pip` list: on a launcher or KubeRay cluster
+the setup commands / image already installed this project's dependencies (torch for the right CUDA),
+and a per-job virtualenv would re-download torch on every node for every job. What is checked instead
+is the one thing that must match: the cluster's Ray version against this client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jobs.jobs_client import call, connect, wait_terminal
+from jobs.package import build_zip, project_root
+from pipeline.errors import UserError
+
+COMMANDS = ("shard", "train", "eval")
+EXIT_STOPPED = 3
+
+
+def submit(command_args: list[str], address: str | None = None, wait: bool = True, gpus: float = 0) -> int:
+    """Submit `alexnet <command_args>` as a job; with wait, stream its logs and return its outcome.
+
+    Exit status: 0 succeeded; the job's own exit status when it failed (1 if it has none, e.g. it
+    never started); 3 when it was stopped.
+    """
+    if command_args[:1] == ["--"]:
+        command_args = command_args[1:]
+    if not command_args or command_args[0] not in COMMANDS:
+        raise UserError(f"give the job's command after `--`: one of {', '.join(COMMANDS)} "
+                        "(e.g. `alexnet submit -- train --data s3://bucket/imagenet --name run1`)")
+    _check_arguments(command_args)
+    client = connect(address)
+    _check_ray_version(client)
+    with tempfile.TemporaryDirectory(prefix="alexnet-submit-") as scratch:
+        package = build_zip(project_root(), Path(scratch) / "alexnet-project.zip")
+        job_id = f"alexnet-{command_args[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        entrypoint = shlex.join(["python", "-m", "jobs.cli", *command_args])
+        # The driver runs `alexnet <command>` itself: shard and train only coordinate Ray tasks and
+        # workers, but eval computes in it, so `--gpus` places the driver on a GPU node.
+        _submit_with_retry(client, entrypoint=entrypoint, submission_id=job_id,
+                           runtime_env={"working_dir": str(package)},
+                           metadata={"alexnet_command": command_args[0]},
+                           entrypoint_num_gpus=gpus or None)
+    print(f"submitted {job_id}: {entrypoint}", flush=True)
+    if not wait:
+        print(f"follow it with `alexnet jobs logs {job_id} --follow`; stop it with `alexnet jobs stop {job_id}`")
+        return 0
+    return follow_job(client, job_id)
+
+
+def _submit_with_retry(client, timeout_s: float = 120.0, **job) -> None:
+    """A head that has just started answers 'No available agent' until its job agent is up: wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except Exception as error:  # Ray raises RuntimeError, RuntimeEnvSetupError, ConnectionError here
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise UserError(f"the cluster did not take the job: {error}".splitlines()[0]) from None
+            time.sleep(2)
+
+
+def follow_job(client, job_id: str) -> int:
+    """Stream a job's logs to stdout until it ends; its outcome as an exit status."""
+    try:
+        asyncio.run(_stream_logs(client, job_id))
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running. Stop it with `alexnet jobs stop {job_id}`",
+              file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # the log stream broke (head restarted, tunnel closed): say so, go on
+        print(f"log stream interrupted ({error}); waiting for the job's outcome", file=sys.stderr)
+    status = wait_terminal(client, job_id, timeout_s=24 * 3600)
+    info = call(client, "get_job_info", job_id)
+    if status == "SUCCEEDED":
+        print(f"job {job_id} succeeded")
+        return 0
+    print(f"job {job_id} {status.lower()}: {info.message or 'no message'}", file=sys.stderr)
+    if status == "STOPPED":
+        return EXIT_STOPPED
+    return info.driver_exit_code or 1
+
+
+async def _stream_logs(client, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def _check_arguments(command_args: list[str]) -> None:
+    """Parse the job's arguments here first: a typo fails in a second, not after an upload."""
+    from jobs.cli import build_parser
+
+    build_parser().parse_args(command_args)
+
+
+def _check_ray_version(client) -> None:
+    import ray
+
+    # Recorded by JobSubmissionClient's own connection check (the dashboard's /api/version).
+    cluster = getattr(client, "_server_ray_version", None)
+    if cluster and cluster != ray.__version__:
+        raise UserError(f"the cluster runs Ray {cluster} but this client has Ray {ray.__version__}: the "
+                        "job would run this project against a different Ray; install the same version")
+

@@ -1,0 +1,174 @@
+"""Streaming loaders over the shards `alexnet shard` wrote: exact epochs, equal batch counts, exact resume.
+
+    loader = TrainLoader("s3://bucket/imagenet", 128, rank=rank, world_size=world, num_workers=6)
+    transform = BatchTransform(read_stats("s3://bucket/imagenet"))
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader:  # uint8 [B, 3, 224, 224] (channels_last memory), int64 [B]
+            x = transform(images.to(device, non_blocking=True))
+
+How samples are dealt to ranks and workers, and why that gives exactly-once epochs with the same
+number of batches on every rank: pipeline/loader_plan.py. What a worker does: pipeline/loader_stream.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import storage
+from pipeline.errors import UserError
+from pipeline.loader_plan import batch_sizes, rank_span
+from pipeline.loader_stream import EpochSpec, EpochStream
+from pipeline.loader_tar import ShardReadError
+from pipeline.shards import read_manifest
+
+__all__ = ["TrainLoader", "EvalLoader", "ShardReadError"]
+
+
+class _ShardLoader:
+    """The machinery both loaders share: one DataLoader per pass, batches put back in rank order."""
+
+    _mode = "train"
+
+    def __init__(self, dataset: str, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
+                 num_workers: int, crop: int, split: str, shuffle_window: int, skip_bad_samples: bool,
+                 pin_memory: bool, prefetch_factor: int, multiprocessing_context: str | None):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
+                            f"rank={rank}, world_size={world_size}")
+        if num_workers < 0 or seed < 0 or epoch < 0 or shuffle_window < 0:
+            raise UserError("num_workers, seed, epoch and shuffle_window must not be negative")
+        self.dataset, self.split = str(dataset), split
+        self.manifest = read_manifest(self.dataset, split)
+        image_size = int(self.manifest.get("image_size", 256))
+        if not 1 <= crop <= image_size:
+            raise UserError(f"crop {crop} does not fit the dataset's {image_size}-pixel images")
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.epoch, self.crop = seed, epoch, crop
+        self.num_workers, self.shuffle_window = num_workers, shuffle_window
+        self.skip_bad_samples, self.pin_memory, self.prefetch_factor = skip_bad_samples, pin_memory, prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
+        self.shards = tuple((s["name"], int(s["samples"])) for s in self.manifest["shards"])
+        self.total_samples = sum(n for _, n in self.shards)
+        self.batches = 0  # batches of the current epoch handed to the caller
+        self.replaced_samples = 0  # unreadable samples stood in for (skip_bad_samples=True), all epochs
+        self._resume_at = 0
+
+    def _rank_samples(self) -> int:
+        start, stop = rank_span(self.total_samples, self.batch_size, self.rank, self.world_size,
+                                drop_last=self._mode == "train")
+        return stop - start
+
+    def __len__(self) -> int:
+        return len(batch_sizes(self._rank_samples(), self.batch_size, drop_last=self._mode == "train"))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start, self._resume_at = self._resume_at, 0
+        self.batches = start
+        if start >= len(self):
+            return
+        self._check_shards_present()
+        spec = EpochSpec(self.dataset, self.shards, int(self.manifest["num_classes"]), self._mode, self.crop,
+                         self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
+                         max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples)
+        # A private generator: starting a pass then never draws from the global torch RNG (which dropout
+        # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
+        workers = DataLoader(EpochStream(spec), batch_size=None, num_workers=self.num_workers,
+                             pin_memory=self.pin_memory,
+                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
+                             multiprocessing_context=self.multiprocessing_context if self.num_workers else None,
+                             generator=torch.Generator())
+        arrived: dict[int, tuple] = {}  # batches that came in ahead of their turn (after a resume)
+        replaced = 0
+        for item in workers:
+            if item[0] == "error":
+                raise ShardReadError(item[1]) from None
+            _, batch_id, images, labels, bad = item
+            arrived[batch_id] = images, labels
+            replaced += bad
+            while self.batches in arrived:
+                ready = arrived.pop(self.batches)
+                self.batches += 1  # count before yielding: a state_dict() taken now resumes after it
+                yield ready
+        if self.batches != len(self):
+            raise RuntimeError(f"loader yielded {self.batches} of {len(self)} batches (a bug: please report)")
+        if replaced:
+            self.replaced_samples += replaced
+            warnings.warn(f"{self.dataset} {self.split} epoch {self.epoch}: {replaced} unreadable samples were "
+                          "replaced by copies of readable ones (skip_bad_samples=True)", stacklevel=2)
+
+    def _check_shards_present(self) -> None:
+        """Fail before any worker starts when a listed shard is gone (one listing, also for URLs)."""
+        present = set(storage.list_names(self.dataset))
+        missing = [name for name, _ in self.shards if name not in present]
+        if missing and not self.skip_bad_samples:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ShardReadError(f"{self.dataset}: {len(missing)} shard(s) listed in {self.split}.manifest.json "
+                                 f"are missing: {shown} (re-run `alexnet shard`, or pass skip_bad_samples=True)")
+
+
+class TrainLoader(_ShardLoader):
+    """Training batches: uint8 [B, 3, crop, crop] images (0-255 RGB, NCHW shape in channels_last memory:
+    use `.reshape`, not `.view`, to flatten) and int64 labels [B].
+
+    Every rank yields `len(loader)` full batches per epoch; across ranks no sample repeats within an
+    epoch and fewer than world_size * batch_size samples are left out. The order depends on (seed,
+    epoch, world_size, batch_size, num_workers, shuffle_window) only.
+    """
+
+    _mode = "train"
+
+    def __init__(self, dataset: str, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 epoch: int = 0, num_workers: int = 2, crop: int = 224, split: str = "train",
+                 shuffle_window: int = 1000, skip_bad_samples: bool = False, pin_memory: bool = False,
+                 prefetch_factor: int = 2, multiprocessing_context: str | None = None):
+        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed, epoch=epoch,
+                         num_workers=num_workers, crop=crop, split=split, shuffle_window=shuffle_window,
+                         skip_bad_samples=skip_bad_samples, pin_memory=pin_memory,
+                         prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context)
+        if len(self) == 0:
+            raise UserError(f"{self.dataset} {split}: {self.total_samples} samples are fewer than one batch per "
+                            f"rank (world_size {world_size} x batch_size {batch_size})")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next pass yields; a resumed position in that same epoch is kept."""
+        if epoch != self.epoch:
+            self.epoch, self.batches, self._resume_at = epoch, 0, 0
+
+    def state_dict(self) -> dict:
+        """Where this rank stands; small and JSON-serialisable. The same on every rank (rank not stored)."""
+        return {"epoch": self.epoch, "batches": self.batches, "seed": self.seed, "world_size": self.world_size,
+                "batch_size": self.batch_size, "num_workers": max(self.num_workers, 1),
+                "shuffle_window": self.shuffle_window}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The next pass starts at batch `state["batches"]` of `state["epoch"]`, exactly as uninterrupted."""
+        mine = self.state_dict()
+        for field in ("world_size", "batch_size", "num_workers", "shuffle_window"):
+            if field in state and state[field] != mine[field]:
+                raise UserError(f"loader state was saved with {field}={state[field]}, this loader has "
+                                f"{mine[field]}: the epoch's order depends on it, so resume with the same value")
+        if not 0 <= state["batches"] <= len(self):
+            raise UserError(f"loader state has batches={state['batches']}; an epoch here has {len(self)}")
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+        self.batches = self._resume_at = int(state["batches"])
+
+
+class EvalLoader(_ShardLoader):
+    """Evaluation batches in shard order: every sample of the split exactly once across all ranks (ranks
+    may differ by one sample and in batch count; the last batch may be short). Images are the centre
+    crop, uint8 [B, 3, crop, crop], or with `ten_crop` uint8 [B, 10, 3, crop, crop] in
+    augment.TEN_CROP_CORNERS order then mirrored (average the softmax over dim 1); labels int64 [B]."""
+
+    def __init__(self, dataset: str, batch_size: int, *, ten_crop: bool = False, rank: int = 0,
+                 world_size: int = 1, split: str = "val", crop: int = 224, num_workers: int = 2,
+                 pin_memory: bool = False, prefetch_factor: int = 2, multiprocessing_context: str | None = None):
+        self._mode = "ten_crop" if ten_crop else "centre"
+        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=0, epoch=0,
+                         num_workers=num_workers, crop=crop, split=split, shuffle_window=0,
+                         skip_bad_samples=False, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
+                         multiprocessing_context=multiprocessing_context)

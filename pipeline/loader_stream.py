@@ -1,0 +1,180 @@
+"""What one torch DataLoader worker runs: its share of an epoch, shards -> uint8 batches.
+
+Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
+decodes each sample only when it is due in the seeded order, crops it straight into the batch array,
+and yields ("batch", batch number, images, labels, replaced). A shard that cannot be read ends the
+stream with ("error", message): the main process re-raises it with that message (a DataLoader
+traceback would bury it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import simplejpeg
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline import storage
+from pipeline.augment import centre_crop, random_crop_flip, ten_crop
+from pipeline.loader_plan import WorkerPlan, worker_plan
+from pipeline.loader_tar import ShardReadError, iter_samples
+
+@dataclass(frozen=True)
+class EpochSpec:
+    """Everything a worker needs (pickled into each worker process)."""
+    dataset: str
+    shards: tuple[tuple[str, int], ...]  # (name, samples) as the manifest lists them
+    num_classes: int
+    mode: str  # "train" (random crop + flip), "centre" or "ten_crop"
+    crop: int
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    batch_size: int
+    num_workers: int  # >= 1: the number of blocks the rank's share is cut into
+    window: int
+    resume_batches: int  # the rank's batches already consumed this epoch
+    skip_bad: bool
+
+
+class EpochStream(IterableDataset):
+    def __init__(self, spec: EpochSpec):
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[tuple]:
+        spec = self.spec
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        train = spec.mode == "train"
+        plan = worker_plan([n for _, n in spec.shards], seed=spec.seed, epoch=spec.epoch, rank=spec.rank,
+                           world_size=spec.world_size, batch_size=spec.batch_size,
+                           num_workers=spec.num_workers, worker=worker, drop_last=train, shuffle=train,
+                           window=spec.window)
+        try:
+            yield from _batches(spec, plan)
+        except ShardReadError as error:
+            yield ("error", str(error))
+
+
+def _batches(spec: EpochSpec, plan: WorkerPlan) -> Iterator[tuple]:
+    done = sum(1 for b in plan.batch_ids if b < spec.resume_batches)  # this worker's batches already used
+    first_slot = sum(plan.batch_sizes[:done])
+    slot_of = np.empty(len(plan.order), dtype=np.int64)
+    slot_of[plan.order] = np.arange(len(plan.order))
+    keep = slot_of >= first_slot  # samples yielded before the resume point are never decoded
+    samples = _read_pieces(spec, plan.pieces, keep)
+    pending: dict[int, tuple] = {}
+    last_good = None
+    slot = first_slot
+    shape = (10, spec.crop, spec.crop, 3) if spec.mode == "ten_crop" else (spec.crop, spec.crop, 3)
+    in_worker = get_worker_info() is not None
+    for batch_id, size in zip(plan.batch_ids[done:], plan.batch_sizes[done:]):
+        batch = torch.empty((size, *shape), dtype=torch.uint8)  # NHWC storage, handed out as an NCHW view
+        if in_worker:
+            batch.share_memory_()  # decoded straight into shared memory: no copy on the way to the trainer
+        images = batch.numpy()
+        labels = np.empty(size, dtype=np.int64)
+        bad = []
+        for i in range(size):
+            ordinal = int(plan.order[slot])
+            while ordinal not in pending:
+                got, item = next(samples, (None, None))
+                if got is None:
+                    raise ShardReadError(f"{spec.dataset}: shards hold fewer samples than the manifest lists")
+                if keep[got]:
+                    pending[got] = item
+            try:
+                labels[i] = _decode_into(spec, *pending.pop(ordinal), plan.draws[slot], images[i])
+            except ShardReadError as error:
+                if not spec.skip_bad:
+                    raise
+                warnings.warn(f"skipping unreadable sample: {error}", stacklevel=1)
+                bad.append(i)
+            slot += 1
+        last_good = _fill_bad(images, labels, bad, last_good, spec)
+        yield ("batch", batch_id, batch.movedim(-1, -3), torch.from_numpy(labels), len(bad))
+
+
+def _fill_bad(images: np.ndarray, labels: np.ndarray, bad: list[int], last_good, spec: EpochSpec):
+    """Opt-in skipping keeps every batch full and every rank's batch count equal (DDP never waits on a
+    missing batch): an unreadable sample's slot gets a copy of a readable one from the same batch, or
+    of this worker's last readable sample. Returns the new last readable sample."""
+    unreadable = set(bad)
+    good = [i for i in range(len(labels)) if i not in unreadable]
+    if bad and not good and last_good is None:
+        raise ShardReadError(f"{spec.dataset}: a whole batch of this worker's first samples is unreadable; "
+                             "nothing to stand in for them (see the warnings above)")
+    for n, i in enumerate(bad):
+        if good:
+            source = good[n % len(good)]
+            images[i], labels[i] = images[source], labels[source]
+        else:
+            images[i], labels[i] = last_good
+    return (images[good[-1]].copy(), labels[good[-1]]) if good else last_good
+
+
+def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.ndarray) -> Iterator[tuple]:
+    """(ordinal, (where, key, members, error)) for every sample of the worker's block, in reading order.
+
+    A piece whose samples were all consumed before the resume point is not even opened. Once a shard
+    fails, its remaining samples carry the error (so skipping, when asked, is per sample).
+    """
+    ordinal = 0
+    for shard, lo, hi in pieces:
+        end = ordinal + hi - lo
+        where = storage.join(spec.dataset, spec.shards[shard][0])
+        if not keep[ordinal:end].any():
+            ordinal = end
+            continue
+        try:
+            with storage.open_input(where) as stream:
+                for _, key, members in iter_samples(stream, where, lo, hi):
+                    yield ordinal, (where, key, members, None)
+                    ordinal += 1
+            continue
+        except FileNotFoundError:
+            error = f"{where}: shard not found (the manifest lists it)"
+        except ShardReadError as failure:
+            error = str(failure)
+        except OSError as failure:
+            error = f"{where}: cannot read shard ({failure})"
+        while ordinal < end:
+            yield ordinal, (where, None, None, error)
+            ordinal += 1
+
+
+def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | None, error: str | None,
+                 draws: np.ndarray, out: np.ndarray) -> int:
+    """Decode one sample into its batch slot; returns the label. Only .jpg and .cls are ever parsed."""
+    if error is not None:
+        raise ShardReadError(error)
+    for ext in ("jpg", "cls"):
+        if ext not in members:
+            raise ShardReadError(f"{where}: sample {key} has no .{ext} member")
+    try:
+        image = simplejpeg.decode_jpeg(members["jpg"], colorspace="RGB")  # HWC uint8, 0-255
+    except (ValueError, RuntimeError) as failure:
+        raise ShardReadError(f"{where}: member {key}.jpg is not a readable JPEG ({failure})") from None
+    if min(image.shape[:2]) < spec.crop:
+        raise ShardReadError(f"{where}: member {key}.jpg is {image.shape[1]}x{image.shape[0]}, "
+                             f"smaller than the {spec.crop}-pixel crop")
+    raw = members["cls"]
+    try:
+        label = int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        label = -1
+    if not 0 <= label < spec.num_classes:
+        raise ShardReadError(f"{where}: member {key}.cls holds {raw[:20]!r}, not a class index in "
+                             f"[0, {spec.num_classes})")
+    if spec.mode == "train":
+        random_crop_flip(image, spec.crop, draws[0], draws[1], bool(draws[2] < 0.5), out)
+    elif spec.mode == "centre":
+        centre_crop(image, spec.crop, out)
+    else:
+        ten_crop(image, spec.crop, out)
+    return label

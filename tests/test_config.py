@@ -1,0 +1,79 @@
+"""The run config: paper defaults, files, --set overrides, and clear errors for bad values."""
+
+import pytest
+
+from pipeline.errors import UserError
+from trainer.config import TrainConfig, config_from_dict, resolve_config
+
+
+def test_defaults_are_the_papers():
+    c = TrainConfig()
+    assert (c.batch_size, c.lr, c.momentum, c.weight_decay, c.epochs) == (128, 0.01, 0.9, 5e-4, 90)
+    assert (c.crop, c.pca_std, c.dropout, c.lr_factor, c.max_reductions) == (224, 0.1, 0.5, 0.1, 3)
+
+
+def test_file_then_flags_then_set(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    # PyYAML reads 1e-2 as a string (YAML 1.1): it must still become the float 0.01
+    yaml_file.write_text("data: /d\nname: a\nlr: 1e-2\nbatch_size: 64\nwidth: 0.5\nscale_lr: yes\n")
+    c = resolve_config(str(yaml_file), ["batch_size=32", "pca-std=0"], name="b", workers=None)
+    assert (c.data, c.name, c.lr, c.batch_size, c.width, c.scale_lr, c.pca_std) == \
+        ("/d", "b", 0.01, 32, 0.5, True, 0.0)
+    assert c.workers == 1  # a flag left out (None) keeps the default
+
+    toml_file = tmp_path / "run.toml"
+    toml_file.write_text('data = "/d"\nname = "t"\nepochs = 2\ndecay_biases = true\n')
+    c = resolve_config(str(toml_file))
+    assert (c.epochs, c.decay_biases) == (2, True)
+    assert config_from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("item, words", [
+    ("batch_size=abc", ["batch_size", "'abc'", "int"]),
+    ("batch_size=1.5", ["batch_size", "int"]),
+    ("lr=0", ["lr", "greater than 0"]),
+    ("momentum=2", ["momentum", "at most 1"]),
+    ("gpus_per_worker=3", ["gpus_per_worker", "one of 0, 1, 2"]),
+    ("crop=64", ["crop", "at least 223"]),
+    ("deterministic=maybe", ["deterministic", "bool"]),
+    ("lrr=0.1", ["unknown config key 'lrr'", "did you mean 'lr'"]),
+    ("lr", ["expected key=value"]),
+])
+def test_bad_overrides_name_the_key(item, words):
+    with pytest.raises(UserError) as error:
+        resolve_config(None, [item], data="/d", name="n")
+    assert all(w in str(error.value) for w in words), str(error.value)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    bad_type = tmp_path / "bad.yaml"
+    bad_type.write_text("data: /d\nname: n\nepochs: [1, 2]\n")
+    with pytest.raises(UserError, match=f"config file {bad_type}: epochs"):
+        resolve_config(str(bad_type))
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("learning_rate = 0.1\n")
+    with pytest.raises(UserError, match=f"config file {unknown}: unknown config key 'learning_rate'"):
+        resolve_config(str(unknown))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [0.1\n")
+    with pytest.raises(UserError, match="cannot be parsed"):
+        resolve_config(str(broken))
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(UserError, match="no data given"):
+        resolve_config(None, [], name="n")
+    with pytest.raises(UserError, match="one folder name"):
+        resolve_config(None, [], data="/d", name="a/b")
+
+
+def test_cli_reports_a_bad_value_in_one_line_before_starting_anything(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("train", "--data", str(tmp_path), "--name", "r", "--set", "epochs=-1", check=False,
+                     timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("alexnet train: error: --set epochs=-1: epochs=-1 is out of range: "
+                                     "must be at least 1")
+    result = run_cli("train", "--data", str(tmp_path / "nothing"), "--name", "r", check=False, timeout=60)
+    assert result.returncode == 2 and "train.manifest.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

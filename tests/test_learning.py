@@ -1,0 +1,57 @@
+"""Small models learn: the trainer's acceptance test on the shared images, through the real CLI and Ray.
+
+Many classes with one image each, every image repeated REPEATS times in its class folder, so the only
+variety is the loader's augmentation (random crop, flip, PCA colour noise). A narrow AlexNet with the
+paper's init (N(0, 0.01), biases 1) sits at ln(classes) here (the image signal vanishes against the constant
+biases); with the default width-scaled init and Caffe's 0.1 positive bias its training loss must fall
+well below ln(classes) (measured outside Ray on these images, batch 16: loss 0.81 at step 100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pytest
+
+from conftest import run_cli
+from imagenet_trees import flat_val, sample_files, synset_of
+
+pytestmark = pytest.mark.slow
+
+CLASSES, REPEATS, EPOCHS = 24, 8, 10  # 192 samples: 12 steps per epoch at batch 16, 120 steps
+# patience = epochs: no lr reduction while the (24-image) validation error is still at chance
+SETTINGS = {"width": 0.25, "batch_size": 16, "eval_batch_size": 24, "epochs": EPOCHS, "patience": EPOCHS,
+            "dropout": 0.0, "positive_bias": 0.1, "loader_workers": 0, "checkpoint_every_steps": 0,
+            "keep_checkpoints": 1, "log_every_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def one_image_classes(ray_head, sample_images, tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("one_image_classes")
+    images = sample_files()[::13][:CLASSES]
+    for image in images:
+        folder = root / "train" / synset_of(image)
+        folder.mkdir(parents=True)
+        for n in range(REPEATS):  # the same bytes: augmentation is the only difference
+            (folder / f"{synset_of(image)}_{n}.JPEG").write_bytes(image.read_bytes())
+    val_folder, val_labels, _, _ = flat_val(root, images)
+    out = root / "dataset"
+    run_cli("shard", root / "train", out, "--split", "train", "--shard-size", "48", "--address", ray_head)
+    run_cli("shard", val_folder, out, "--split", "val", "--labels", val_labels, "--shard-size", "16",
+            "--address", ray_head)
+    return str(out)
+
+
+def test_small_model_loss_falls_well_below_chance_on_one_image_classes(one_image_classes, ray_head, tmp_path):
+    settings = [f"{key}={value}" for key, value in SETTINGS.items()]
+    run_cli("train", "--data", one_image_classes, "--name", "learn", "--storage", tmp_path, "--address",
+            ray_head, *[arg for s in settings for arg in ("--set", s)], timeout=600)
+    records = [json.loads(line) for line in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    chance = math.log(CLASSES)
+    # one record every 3 steps (a Ray Train report per step costs more than the step)
+    assert len(losses) == EPOCHS * CLASSES * REPEATS // SETTINGS["batch_size"] // 3
+    assert abs(sum(losses[:3]) / 3 - chance) < 0.5, losses[:3]  # it starts at chance (steps 3-9)...
+    assert sum(losses[-4:]) / 4 < 0.5 * chance, losses[-8:]  # ...and learns the images (steps 111-120)
+    last = [r for r in records if r["kind"] == "epoch"][-1]
+    assert last["train_top1_error"] < 0.5, last

@@ -1,0 +1,308 @@
+"""TrainLoader / EvalLoader on real shards written by `alexnet shard` from the shared images.
+
+Samples are identified independently of the loader: the `sharded_dataset` train split has one image per
+class, so a label names a sample; stored images are read back with `tarfile` and decoded with Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.loader import EvalLoader, ShardReadError, TrainLoader
+from pipeline.loader_plan import worker_plan
+
+
+def stored_samples(dataset: str, split: str) -> list[tuple[str, str, np.ndarray, int]]:
+    """(shard, key, HWC uint8 image, label) of every sample, in manifest order, read without our code."""
+    manifest = json.loads(Path(dataset, f"{split}.manifest.json").read_text())
+    samples = []
+    for shard in manifest["shards"]:
+        with tarfile.open(Path(dataset, shard["name"])) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        keys = sorted({name.split(".", 1)[0] for name in members}, key=lambda k: list(members).index(k + ".jpg"))
+        for key in keys:
+            image = np.asarray(Image.open(io.BytesIO(members[key + ".jpg"])).convert("RGB"))
+            samples.append((shard["name"], key, image, int(members[key + ".cls"])))
+    return samples
+
+
+def nhwc(images) -> np.ndarray:
+    return images.movedim(-3, -1).numpy()
+
+
+def find_patch(source: np.ndarray, patch: np.ndarray) -> tuple[int, int, bool] | None:
+    """Where `patch` sits in `source` (row, column, mirrored), searching every offset; None if nowhere."""
+    crop = patch.shape[0]
+    for flipped in (False, True):
+        image = source[:, ::-1] if flipped else source
+        limit = image.shape[0] - crop + 1, image.shape[1] - crop + 1
+        corners = np.lib.stride_tricks.sliding_window_view(image[:limit[0] + 3, :limit[1] + 3], (4, 4, 3))
+        hits = np.argwhere((corners[:, :, 0] == patch[:4, :4]).all(axis=(2, 3, 4)))
+        for row, col in hits:
+            if np.array_equal(image[row:row + crop, col:col + crop], patch):
+                return int(row), int(col), flipped
+    return None
+
+
+def copy_split(dataset: str, split: str, to: Path) -> Path:
+    to.mkdir()
+    for path in Path(dataset).glob(f"{split}*"):
+        shutil.copy(path, to / path.name)
+    return to
+
+
+# --- dealing: pure arithmetic over many shapes -------------------------------------------------------
+
+@pytest.mark.parametrize("shard_samples", [[40] * 7 + [37], [16, 16, 16, 12], [5], [300, 7, 250, 64, 1]])
+def test_plan_deals_each_sample_at_most_once_with_equal_batch_counts(shard_samples):
+    total = sum(shard_samples)
+    for world_size in (1, 2, 3, 5):
+        for batch_size in (1, 4, 16):
+            if total < world_size * batch_size:
+                continue
+            for workers in (1, 2, 3, 7):
+                dealt, per_rank = [], []
+                for rank in range(world_size):
+                    batch_ids = []
+                    for worker in range(workers):
+                        plan = worker_plan(shard_samples, seed=3, epoch=1, rank=rank, world_size=world_size,
+                                           batch_size=batch_size, num_workers=workers, worker=worker,
+                                           drop_last=True, shuffle=True, window=10)
+                        read = [(s, p) for s, lo, hi in plan.pieces for p in range(lo, hi)]
+                        assert sorted(plan.order) == list(range(len(read)))
+                        assert len(read) == sum(plan.batch_sizes)
+                        assert set(plan.batch_sizes) <= {batch_size}
+                        dealt += read
+                        batch_ids += plan.batch_ids
+                    assert sorted(batch_ids) == list(range(len(batch_ids)))
+                    per_rank.append(len(batch_ids))
+                assert len(set(per_rank)) == 1  # every rank the same number of batches
+                assert len(dealt) == len(set(dealt))  # no sample twice
+                assert all(0 <= p < shard_samples[s] for s, p in dealt)
+                assert total - len(dealt) < world_size * batch_size
+
+
+# --- training loader on real shards ------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("world_size,num_workers,batch_size", [(1, 0, 32), (2, 2, 16), (3, 1, 24), (4, 3, 10)])
+def test_training_epoch_is_exactly_once_with_equal_batch_counts(sharded_dataset, world_size, num_workers,
+                                                                batch_size):
+    total = 317  # one image per class, so a label identifies a sample
+    epochs = []
+    for epoch in (0, 1):
+        labels, counts = [], []
+        for rank in range(world_size):
+            loader = TrainLoader(sharded_dataset, batch_size, rank=rank, world_size=world_size, seed=7,
+                                 num_workers=num_workers)
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            counts.append(len(batches))
+            assert len(batches) == len(loader)
+            for images, batch_labels in batches:
+                assert images.shape == (batch_size, 3, 224, 224) and images.dtype.is_floating_point is False
+                labels += batch_labels.tolist()
+        assert len(set(counts)) == 1
+        assert len(labels) == len(set(labels)) == world_size * counts[0] * batch_size
+        assert 0 <= total - len(labels) < world_size * batch_size
+        epochs.append(labels)
+    assert epochs[0] != epochs[1]  # each epoch its own order
+
+
+def test_training_crops_and_flips_are_patches_of_the_stored_image(sharded_dataset):
+    sources = {label: image for _, _, image, label in stored_samples(sharded_dataset, "train")}
+    places = []
+    for crop, batches in ((224, None), (227, 1)):
+        loader = TrainLoader(sharded_dataset, 32, num_workers=2, crop=crop, seed=1)
+        for n, (images, labels) in enumerate(loader):
+            if batches is not None and n >= batches:
+                break
+            assert images.shape == (32, 3, crop, crop)
+            for patch, label in zip(nhwc(images), labels.tolist()):
+                place = find_patch(sources[label], patch)
+                assert place is not None, f"image of class {label} is not a crop of its stored image"
+                places.append(place)
+    flips = sum(flipped for _, _, flipped in places) / len(places)
+    assert 0.35 < flips < 0.65
+    assert len({(row, col) for row, col, _ in places}) > len(places) // 2  # offsets spread over the image
+    assert max(row for row, _, _ in places) > 24 and min(col for _, col, _ in places) < 8
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_resume_after_k_batches_equals_the_uninterrupted_stream(sharded_dataset):
+    def loader(**kw):
+        return TrainLoader(sharded_dataset, 12, rank=1, world_size=2, seed=5, epoch=2, num_workers=3, **kw)
+
+    rng_state = torch.get_rng_state()
+    full = list(loader())
+    assert len(full) == 13
+    assert torch.equal(torch.get_rng_state(), rng_state)  # a pass leaves the global RNG (dropout's) alone
+    for k in (1, 4, 11, 13):
+        interrupted = loader()
+        for n, _ in enumerate(interrupted):
+            if n == k - 1:
+                state = json.loads(json.dumps(interrupted.state_dict()))  # JSON round trip
+                break
+        assert state["batches"] == k and state["epoch"] == 2 and state["seed"] == 5
+        resumed = TrainLoader(sharded_dataset, 12, rank=1, world_size=2, seed=0, num_workers=3)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(rest) == len(full) - k
+        for (images, labels), (want_images, want_labels) in zip(rest, full[k:]):
+            assert labels.tolist() == want_labels.tolist()
+            assert np.array_equal(images.numpy(), want_images.numpy())
+        resumed.set_epoch(3)  # the next epoch starts from its first batch
+        assert len(list(resumed)) == len(full)
+
+    with pytest.raises(UserError, match="num_workers"):
+        TrainLoader(sharded_dataset, 12, rank=1, world_size=2, num_workers=1).load_state_dict(state)
+
+
+def test_resume_does_not_decode_the_skipped_samples(sharded_dataset, monkeypatch):
+    import pipeline.loader_stream as stream
+
+    decoded = []
+    real_decode = stream.simplejpeg.decode_jpeg
+    monkeypatch.setattr(stream.simplejpeg, "decode_jpeg", lambda data, **kw: decoded.append(1) or
+                        real_decode(data, **kw))
+    loader = TrainLoader(sharded_dataset, 16, seed=2, num_workers=0)  # in-process, so the count is visible
+    loader.load_state_dict({"epoch": 0, "batches": 15, "seed": 2})
+    assert len(list(loader)) == len(loader) - 15 == 4
+    assert len(decoded) == 4 * 16
+
+
+# --- evaluation loaders ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("world_size,num_workers", [(1, 0), (3, 2)])
+def test_eval_centre_crops_cover_every_sample_once(sharded_dataset, world_size, num_workers):
+    stored = stored_samples(sharded_dataset, "val")
+    expected = Counter((image[16:240, 16:240].tobytes(), label) for _, _, image, label in stored)
+    seen = Counter()
+    for rank in range(world_size):
+        loader = EvalLoader(sharded_dataset, 7, rank=rank, world_size=world_size, num_workers=num_workers)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        for images, labels in batches:
+            seen.update(zip((p.tobytes() for p in nhwc(images)), labels.tolist()))
+    assert seen == expected
+
+
+def test_ten_crop_patches_are_the_corner_centre_and_mirrored_slices(sharded_dataset):
+    stored = {image[16:240, 16:240].tobytes(): (image, label) for _, _, image, label in
+              stored_samples(sharded_dataset, "val")}
+    count = 0
+    for rank in range(2):
+        for images, labels in EvalLoader(sharded_dataset, 8, ten_crop=True, rank=rank, world_size=2):
+            assert images.shape[1:] == (10, 3, 224, 224)
+            for crops, label in zip(nhwc(images), labels.tolist()):
+                image, want_label = stored[crops[4].tobytes()]
+                assert label == want_label
+                slices = [image[:224, :224], image[:224, 32:], image[32:, :224], image[32:, 32:],
+                          image[16:240, 16:240]]
+                for i, patch in enumerate(slices):
+                    assert np.array_equal(crops[i], patch)
+                    assert np.array_equal(crops[5 + i], patch[:, ::-1])
+                count += 1
+    assert count == len(stored)
+
+
+# --- bad shards --------------------------------------------------------------------------------------
+
+def test_truncated_shard_names_shard_and_member(small_dataset, tmp_path):
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    shard = folder / "train-000002.tar"
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar if m.name.endswith(".jpg")][3]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:member.offset_data + member.size // 2])
+    with pytest.raises(ShardReadError, match=rf"train-000002\.tar.*{member.name}"):
+        for _ in TrainLoader(str(folder), 8, num_workers=2):
+            pass
+
+    shard.write_bytes(data)  # whole again, but one member's header garbled
+    with tarfile.open(shard) as tar:
+        members = [m for m in tar]
+    garbled = bytearray(data)
+    garbled[members[4].offset + 3] ^= 0x55  # a byte of the member's name: only the checksum notices
+    shard.write_bytes(bytes(garbled))
+    with pytest.raises(ShardReadError, match=rf"train-000002\.tar: corrupt tar header .*after {members[3].name}"):
+        list(TrainLoader(str(folder), 8, num_workers=2, seed=3))
+
+
+def test_corrupt_jpeg_fails_clearly_or_is_replaced_when_asked(small_dataset, tmp_path):
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    shard = folder / "train-000001.tar"
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar if m.name.endswith(".jpg")][5]
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data:member.offset_data + 64] = bytes(64)  # no JPEG markers left
+    shard.write_bytes(bytes(data))
+
+    with pytest.raises(ShardReadError, match=rf"train-000001\.tar: member {member.name} is not a readable JPEG"):
+        list(TrainLoader(str(folder), 8, num_workers=2))
+
+    loader = TrainLoader(str(folder), 8, num_workers=2, skip_bad_samples=True)
+    with pytest.warns(UserWarning, match="1 unreadable samples were replaced"):
+        batches = list(loader)
+    assert len(batches) == len(loader) == 15 and all(len(labels) == 8 for _, labels in batches)
+    assert loader.replaced_samples == 1
+
+
+def test_missing_shard_is_named_before_any_work(small_dataset, tmp_path):
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    (folder / "train-000004.tar").unlink()
+    with pytest.raises(ShardReadError, match=r"missing: train-000004\.tar"):
+        list(TrainLoader(str(folder), 8, num_workers=2))
+
+
+def test_other_members_are_never_unpickled(small_dataset, tmp_path):
+    class Trap:
+        def __reduce__(self):
+            return (Path(tmp_path / "unpickled").touch, ())
+
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    shard = folder / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(shard, "w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+            if info.name.endswith(".json"):
+                for ext in ("pyd", "pickle"):
+                    trap = pickle.dumps(Trap())
+                    extra = tarfile.TarInfo(info.name.replace(".json", f".{ext}"))
+                    extra.size = len(trap)
+                    tar.addfile(extra, io.BytesIO(trap))
+    assert len(list(TrainLoader(str(folder), 8, num_workers=0))) == 15
+    assert not (tmp_path / "unpickled").exists()
+
+
+# --- object storage ----------------------------------------------------------------------------------
+
+def test_streams_from_s3_and_matches_local(small_dataset, s3_bucket):
+    import pyarrow.fs as pafs
+
+    from pipeline import storage
+
+    fs, root = storage.resolve(f"s3://{s3_bucket}/data")
+    for path in Path(small_dataset).glob("train*"):
+        with fs.open_output_stream(f"{root}/{path.name}") as out:
+            out.write(path.read_bytes())
+    assert isinstance(fs, pafs.S3FileSystem)
+    remote = list(TrainLoader(f"s3://{s3_bucket}/data", 16, seed=4, num_workers=2))
+    local = list(TrainLoader(small_dataset, 16, seed=4, num_workers=2))
+    assert len(remote) == len(local) == 7
+    for (images, labels), (want_images, want_labels) in zip(remote, local):
+        assert labels.tolist() == want_labels.tolist() and np.array_equal(images.numpy(), want_images.numpy())

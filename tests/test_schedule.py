@@ -1,0 +1,55 @@
+"""The plateau schedule: reductions on the right epochs, stop after the third, state round trip."""
+
+import pytest
+
+from trainer.schedule import PlateauSchedule
+
+
+def run(errors, **kwargs):
+    schedule = PlateauSchedule(0.01, **kwargs)
+    decisions = []
+    for error in errors:
+        decisions.append(schedule.step(error))
+        if decisions[-1] == "stop":
+            break
+    return schedule, decisions
+
+
+def test_reduces_after_patience_and_stops_after_the_third_reduction():
+    # patience 2: two epochs without an improvement of more than 0.001 trigger a reduction
+    errors = [0.9, 0.8, 0.7, 0.7, 0.7995,          # epochs 0-4: plateau at 3, 4 -> reduce after 4
+              0.6, 0.59, 0.5895, 0.6,              # 5-8: 0.5895 is not better by > 0.001 -> reduce after 8
+              0.5, 0.5, 0.5,                       # 9-11: reduce after 11
+              0.4, 0.3, 0.3, 0.3,                  # 12-15: third plateau after reductions -> stop at 15
+              0.1]                                 # never reached
+    schedule, decisions = run(errors, patience=2, threshold=0.001, max_reductions=3, max_epochs=90)
+    assert schedule.reductions == [4, 8, 11]
+    assert [i for i, d in enumerate(decisions) if d == "reduce"] == [4, 8, 11]
+    assert decisions[-1] == "stop" and len(decisions) == 16
+    assert schedule.lr == pytest.approx(0.01 * 0.1 ** 3)
+    assert schedule.best_error == 0.3 and schedule.best_epoch == 13
+
+
+def test_stops_at_max_epochs_without_reducing():
+    schedule, decisions = run([0.5, 0.6, 0.6], patience=1, max_epochs=3)
+    assert decisions == ["continue", "reduce", "stop"]  # the last epoch stops; it does not reduce again
+    assert schedule.reductions == [1]
+
+
+def test_state_dict_round_trip_gives_the_same_decisions():
+    errors = [0.9, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.6]
+    full, decisions = run(errors, patience=2)
+    first = PlateauSchedule(0.01, patience=2)
+    for e in errors[:4]:
+        first.step(e)
+    second = PlateauSchedule(0.01, patience=2)
+    second.load_state_dict(first.state_dict())
+    rest = [second.step(e) for e in errors[4:]]
+    assert rest == decisions[4:]
+    assert second.state_dict() == full.state_dict()
+
+
+def test_fresh_state_dict_is_json_safe():
+    import json
+
+    json.dumps(PlateauSchedule(0.01).state_dict())

@@ -1,0 +1,141 @@
+"""A run's whole state as one file, `checkpoint.pt`, loadable with `torch.load(weights_only=True)`.
+
+Contents (DESIGN.md "Checkpoints and runs"), every value a tensor, number, string, list or dict:
+    format          integer version of this layout (FORMAT)
+    model           the model's state_dict, device-agnostic (CPU tensors)
+    optimizer       PaperSGD's state_dict (velocities, param groups with the current lr)
+    schedule        PlateauSchedule.state_dict()
+    epoch, step     the epoch in progress and the global step count (optimiser steps done)
+    loader          one TrainLoader.state_dict() per rank (epoch, batches consumed, seed)
+    rng             one dict per rank: python, numpy, torch CPU, CUDA devices, augmentation generator
+    config          the resolved TrainConfig as a dict
+    history         one dict of metrics per finished epoch
+    num_classes, classes, stats    what evaluation needs to rebuild the model and its input
+    world_size      the number of ranks that wrote `loader` and `rng`
+
+Ray Train's checkpoint folders live in the run folder, which may be an `s3://` URL: reading goes
+through pipeline.storage (pyarrow filesystems), writing through `ray.train.report`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import storage
+from pipeline.errors import UserError
+
+FORMAT = 1
+FILE_NAME = "checkpoint.pt"
+BEST_FOLDER = "best"
+
+
+def capture_rng(augment_generator: torch.Generator | None = None) -> dict:
+    """Every RNG state one rank uses, in weights_only-safe types."""
+    version, mt_state, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "augment": augment_generator.get_state() if augment_generator is not None else None,
+    }
+    return state
+
+
+def restore_rng(state: dict, augment_generator: torch.Generator | None = None) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    if augment_generator is not None and state["augment"] is not None:
+        augment_generator.set_state(state["augment"])
+
+
+def cpu_state_dict(module: torch.nn.Module) -> dict:
+    """A copy on the CPU, so saving never holds GPU memory and loads anywhere."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict:
+    state = optimizer.state_dict()
+    state["state"] = {k: {n: (t.detach().to("cpu", copy=True) if torch.is_tensor(t) else t)
+                          for n, t in s.items()} for k, s in state["state"].items()}
+    return state
+
+
+def to_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_local(state: dict, folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, FILE_NAME)
+    torch.save(state, path)
+    return path
+
+
+def resolve_location(location: str) -> str:
+    """A checkpoint file from a file, a checkpoint folder, or a run folder (its best checkpoint)."""
+    location = str(location)
+    candidates = [location, storage.join(location, FILE_NAME),
+                  storage.join(location, BEST_FOLDER, FILE_NAME)]
+    for candidate in candidates:
+        if storage.exists(candidate) and not storage.is_dir(candidate):
+            return candidate
+    raise UserError(f"no checkpoint at {location}: give a {FILE_NAME} file, a checkpoint folder holding "
+                    f"one, or a run folder with {BEST_FOLDER}/{FILE_NAME}")
+
+
+def load(location: str) -> dict:
+    """Read a checkpoint safely (no pickled code runs); errors name the file."""
+    path = resolve_location(location)
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which, and why
+        raise UserError(f"{path} is not a readable checkpoint: {error}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else '?'}"
+                        f" (this version reads format {FORMAT})")
+    return state
+
+
+def build(**parts: Any) -> dict:
+    missing = {"model", "optimizer", "schedule", "epoch", "step", "loader", "rng", "config", "history",
+               "num_classes", "classes", "stats", "world_size"} - parts.keys()
+    if missing:
+        raise ValueError(f"checkpoint parts missing: {sorted(missing)}")
+    return {"format": FORMAT, **parts}
+
+
+def write_best(local_file: str, run_dir: str) -> str:
+    """A copy of the best checkpoint (by validation error) outside Ray's keep-last-K rotation."""
+    location = storage.join(run_dir, BEST_FOLDER, FILE_NAME)
+    with open(local_file, "rb") as f:
+        storage.write_bytes_atomic(location, f.read())
+    return location
+
+
+def weights_digest(model_state: dict) -> str:
+    """sha256 over names and raw bytes of every tensor: equal digests mean bitwise-equal weights."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model_state.items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

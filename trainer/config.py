@@ -1,0 +1,207 @@
+"""The one typed run config: the paper's values as defaults, a YAML/TOML file, then `--set key=value`.
+
+Every field is flat (no sections) so that a file key, a `--set` key and the stored `config.json` key
+are the same word. Values are checked for type and range before any Ray worker starts; a bad value is
+a `UserError` naming the key, the value and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       above: float | None = None, choices: tuple | None = None) -> Any:
+    """A field with its documentation and allowed range (min/max inclusive, above exclusive)."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "above": above,
+                                            "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # --- the run: where data and results live, how many workers ---
+    data: str = _f("", "dataset folder or URL written by `alexnet shard` (train and val splits)")
+    name: str = _f("", "run name: the run folder is STORAGE/NAME")
+    storage: str = _f("runs", "folder or URL (s3://, gs://) holding run folders")
+    workers: int = _f(1, "Ray Train workers = model replicas (DDP across them)", min=1)
+    gpus_per_worker: int = _f(0, "GPUs per worker: 2 puts one tower per GPU, 0 runs on the CPU",
+                              choices=(0, 1, 2))
+    cpus_per_worker: int = _f(1, "CPUs reserved per worker (its torch threads)", min=1)
+    # --- the paper's optimisation (Krizhevsky et al. 2012, section 5) ---
+    batch_size: int = _f(128, "images per replica per step (global batch = batch_size x workers)", min=1)
+    lr: float = _f(0.01, "initial learning rate (not scaled by workers unless scale_lr)", above=0.0)
+    scale_lr: bool = _f(False, "multiply lr by the number of workers (linear scaling rule)")
+    momentum: float = _f(0.9, "momentum of PaperSGD's velocity", min=0.0, max=1.0)
+    weight_decay: float = _f(5e-4, "weight decay of PaperSGD", min=0.0)
+    decay_biases: bool = _f(False, "apply weight decay to biases too (cuda-convnet decayed weights only)")
+    epochs: int = _f(90, "maximum number of epochs", min=1)
+    steps_per_epoch: int = _f(0, "stop each epoch after this many steps (0: the whole epoch; smoke runs)",
+                              min=0)
+    # --- plateau schedule ---
+    lr_factor: float = _f(0.1, "lr multiplier at each reduction", above=0.0, max=1.0)
+    patience: int = _f(3, "epochs without improvement of validation top-1 error before a reduction",
+                       min=1)
+    threshold: float = _f(1e-3, "an error must drop by more than this (absolute, 0-1) to count as better",
+                          min=0.0)
+    max_reductions: int = _f(3, "after this many reductions, the next plateau ends training", min=0)
+    # --- data and augmentation ---
+    crop: int = _f(224, "training and evaluation crop side in pixels (the model takes 223 to 227)",
+                   min=223, max=227)
+    pca_std: float = _f(0.1, "std of the PCA colour noise alpha (0 turns it off)", min=0.0)
+    loader_workers: int = _f(2, "decode processes per Ray Train worker", min=0)
+    eval_batch_size: int = _f(128, "images per replica per validation step", min=1)
+    # --- model ---
+    variant: str = _f("paper", "model variant (see `alexnet summary`)")
+    width: float = _f(1.0, "scale of every conv and hidden fc width (0.25: a small test model)",
+                      above=0.0, max=4.0)
+    dropout: float = _f(0.5, "dropout probability on fc6 and fc7", min=0.0, max=0.99)
+    positive_bias: float = _f(1.0, "initial bias of conv2, conv4, conv5, fc6, fc7 (paper 1; Caffe 0.1)",
+                              min=0.0)
+    init: str = _f("scaled", "weight init: paper = N(0, 0.01) everywhere; scaled = std 0.01/sqrt(width) "
+                   "after conv1 (the paper's at width 1; narrow models learn)", choices=("scaled", "paper"))
+    # --- checkpoints, logs, failures ---
+    checkpoint_every_steps: int = _f(1000, "also checkpoint every N steps within an epoch (0: epochs only)",
+                                     min=0)
+    keep_checkpoints: int = _f(3, "keep the last K checkpoints (the best one is kept apart)", min=1)
+    log_every_steps: int = _f(20, "write a step record (loss, lr, images/s) every N steps", min=1)
+    max_failures: int = _f(3, "worker failures to recover from before the run fails", min=0)
+    seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout", min=0)
+    deterministic: bool = _f(True, "deterministic kernels (bitwise-reproducible on the CPU)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def lr_for_workers(self) -> float:
+        return self.lr * self.workers if self.scale_lr else self.lr
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _parse_value(key: str, raw: Any, source: str) -> Any:
+    """Turn a file value or a `--set` string into the field's type, then check its range."""
+    f = FIELDS[key]
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    bad = UserError(f"{source}: {key}={raw!r} is not a valid {kind} ({f.metadata['help']})")
+    if kind == "bool":
+        if isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            value = raw.strip().lower() in ("true", "yes", "1", "on")
+        else:
+            raise bad
+    elif kind == "int":
+        if isinstance(raw, bool) or isinstance(raw, float):
+            raise bad
+        try:
+            value = int(raw.strip()) if isinstance(raw, str) else int(raw)
+        except (TypeError, ValueError):
+            raise bad from None
+    elif kind == "float":
+        if isinstance(raw, bool):
+            raise bad
+        try:
+            value = float(raw)  # PyYAML reads `1e-2` as a string: accept it here
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(value):
+            raise bad
+    else:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise bad
+        value = str(raw)
+    _check_range(key, value, source)
+    return value
+
+
+def _check_range(key: str, value: Any, source: str) -> None:
+    meta = FIELDS[key].metadata
+    problems = []
+    if meta["min"] is not None and value < meta["min"]:
+        problems.append(f"at least {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        problems.append(f"at most {meta['max']}")
+    if meta["above"] is not None and value <= meta["above"]:
+        problems.append(f"greater than {meta['above']}")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        problems.append("one of " + ", ".join(map(str, meta["choices"])))
+    if problems:
+        raise UserError(f"{source}: {key}={value!r} is out of range: must be {' and '.join(problems)}")
+
+
+def _unknown_key(key: str, source: str) -> UserError:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(FIELDS)}"
+    return UserError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def read_config_file(path: str) -> dict:
+    """A flat mapping from a .yaml/.yml/.toml/.json file; errors name the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+        if path.endswith(".toml"):
+            data = tomllib.loads(text.decode())
+        elif path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"config file {path} cannot be parsed: {error}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+def resolve_config(file: str | None = None, overrides: list[str] | tuple = (), **flags: Any) -> TrainConfig:
+    """Defaults, then the file, then command-line flags (None = not given), then `--set` overrides."""
+    values: dict[str, Any] = {}
+    if file:
+        for key, raw in read_config_file(file).items():
+            if key not in FIELDS:
+                raise _unknown_key(key, f"config file {file}")
+            values[key] = _parse_value(key, raw, f"config file {file}")
+    for key, raw in flags.items():
+        if raw is not None:
+            values[key] = _parse_value(key, raw, f"--{key.replace('_', '-')}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected key=value")
+        if key not in FIELDS:
+            raise _unknown_key(key, f"--set {item}")
+        values[key] = _parse_value(key, raw, f"--set {item}")
+    config = TrainConfig(**values)
+    for key in ("data", "name"):
+        if not getattr(config, key):
+            raise UserError(f"no {key} given: pass --{key} (or set '{key}' in the config file)")
+    if "/" in config.name or config.name in (".", ".."):
+        raise UserError(f"--name {config.name!r}: a run name is one folder name, without '/'")
+    return config
+
+
+def config_from_dict(data: dict, source: str = "stored config") -> TrainConfig:
+    """Read back a stored config (checkpoint, config.json); unknown keys are an error."""
+    values = {}
+    for key, raw in data.items():
+        if key not in FIELDS:
+            raise _unknown_key(key, source)
+        values[key] = _parse_value(key, raw, source)
+    return TrainConfig(**values)

@@ -1,0 +1,96 @@
+"""Validation error: centre crop (every epoch, in the loop) or the paper's ten crops (`alexnet eval`).
+
+Ten-crop: the four corner patches, the centre one and their reflections; the model's softmax is
+averaged over the ten and the average is scored (top-1 / top-5 error, and the cross-entropy of the
+averaged probabilities). Every validation sample is seen exactly once across ranks (EvalLoader).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+TOTALS = ("loss_sum", "top1_correct", "top5_correct", "count")
+
+
+@torch.no_grad()
+def eval_totals(model: torch.nn.Module, batches: Iterable, transform, device: torch.device | str,
+                ten_crop: bool = False) -> torch.Tensor:
+    """Sums over the batches, float64 [loss_sum, top1_correct, top5_correct, count] on the CPU.
+
+    Sums (not means) so ranks with different sample counts can be all-reduced exactly.
+    """
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)
+    for images, labels in batches:  # uint8 [B,3,H,W] or [B,10,3,H,W]
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if ten_crop:
+            b, n = images.shape[:2]
+            logits = model(transform(images.flatten(0, 1))).float()
+            probs = logits.softmax(dim=1).view(b, n, -1).mean(dim=1)
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+            scores = probs
+        else:
+            scores = model(transform(images)).float()
+            loss = F.cross_entropy(scores, labels, reduction="sum")
+        top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        totals += torch.tensor([loss.item(), hits[:, 0].sum().item(), hits.any(dim=1).sum().item(),
+                                labels.numel()], dtype=torch.float64)
+    model.train(was_training)
+    return totals
+
+
+def errors_from_totals(totals: torch.Tensor) -> dict:
+    loss_sum, top1, top5, count = totals.tolist()
+    count = max(count, 1.0)
+    return {"loss": loss_sum / count, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
+            "samples": int(totals[3].item())}
+
+
+def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, as_json: bool = False,
+                        batch_size: int = 64, split: str = "val", num_workers: int = 2) -> int:
+    """`alexnet eval`: load a checkpoint safely, rebuild its model here (GPUs if present), score a split."""
+    from pipeline.augment import BatchTransform
+    from pipeline.loader import EvalLoader
+    from pipeline.shards import read_manifest
+    from trainer import checkpoint as ckpt
+    from trainer.model import AlexNet, default_devices
+
+    state = ckpt.load(checkpoint)
+    config = state["config"]
+    manifest = read_manifest(data, split)
+    _check_classes(state, manifest, data, split)
+    devices = default_devices()
+    model = AlexNet(state["num_classes"], config["variant"], devices, width=config["width"],
+                    dropout=config["dropout"])
+    model.load_state_dict(state["model"])
+    transform = BatchTransform(state["stats"], pca_std=0.0)
+    loader = EvalLoader(data, batch_size, ten_crop=ten_crop, split=split, crop=config["crop"],
+                        num_workers=num_workers)
+    result = errors_from_totals(eval_totals(model, loader, transform, devices[0], ten_crop))
+    result.update(checkpoint=str(checkpoint), data=data, split=split, crops=10 if ten_crop else 1,
+                  epoch=state["epoch"], step=state["step"])
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"{split}: {result['samples']} images, {result['crops']} crop(s): top-1 error "
+              f"{result['top1_error']:.4f}, top-5 error {result['top5_error']:.4f}, loss {result['loss']:.4f}")
+    sys.stdout.flush()
+    return 0
+
+
+def _check_classes(state: dict, manifest: dict, data: str, split: str) -> None:
+    from pipeline.errors import UserError
+
+    ours = [c["synset"] for c in state["classes"]]
+    theirs = [c["synset"] for c in manifest["classes"]]
+    if ours != theirs:
+        raise UserError(f"{data} split {split!r} has {len(theirs)} classes that differ from the "
+                        f"checkpoint's {len(ours)} training classes: evaluate on a dataset sharded "
+                        f"with the same class list")

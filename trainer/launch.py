@@ -1,0 +1,146 @@
+"""`alexnet train`: check everything a user can get wrong, then run the Ray Train TorchTrainer.
+
+    alexnet train --data out/ --name run1                          # one machine: a local Ray instance
+    alexnet train --data s3://b/imagenet --name run1 --storage s3://b/runs \
+        --workers 8 --gpus-per-worker 2 --address auto              # a cluster: 8 replicas x 2 GPUs
+
+The run folder is STORAGE/NAME (Ray Train's RunConfig). Giving the same command again continues the
+run from its last checkpoint (Ray Train reads its own checkpoint list from the run folder); `--fresh`
+deletes the run folder first. Worker failures are recovered by Ray Train (FailureConfig) from the last
+checkpoint, without the driver's help.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipeline import storage
+from pipeline.errors import UserError
+from trainer.config import TrainConfig
+
+# Fields a continued run must share with the run it continues (else the checkpoint does not fit).
+SHAPE_FIELDS = ("data", "variant", "width", "crop")
+
+
+def train(config: TrainConfig, *, address: str | None = None, fresh: bool = False) -> int:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer.report import plot_run
+
+    config = _absolute_storage(config)
+    check_dataset(config.data)
+    from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
+
+    run_dir = storage.join(config.storage, config.name)
+    if not fresh:
+        _check_same_run(config, run_dir)
+
+    ray.init(address=address, log_to_driver=True, logging_level="WARNING",
+             runtime_env={"env_vars": _forwarded_env()})
+    try:
+        _check_resources(config, ray.cluster_resources())
+        if fresh:  # only once everything else checked out: nothing is deleted for a typo
+            _delete_run(run_dir)
+        print(f"alexnet train: run folder {run_dir}\n{config.to_json()}", flush=True)
+        storage.makedirs(run_dir)
+        storage.write_bytes_atomic(storage.join(run_dir, "config.json"), config.to_json().encode())
+        gpu = config.gpus_per_worker > 0
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": config.to_dict(), "run_dir": run_dir},
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu,
+                                         resources_per_worker={"CPU": config.cpus_per_worker,
+                                                               **({"GPU": config.gpus_per_worker} if gpu else {})}),
+            run_config=RunConfig(name=config.name, storage_path=config.storage,
+                                 failure_config=FailureConfig(max_failures=config.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+                                 worker_runtime_env={"env_vars": _forwarded_env()},
+                                 logging_config=LoggingConfig(log_level="WARNING")),
+        )
+        result = trainer.fit()
+    finally:
+        ray.shutdown()
+    if result.error is not None:
+        raise result.error
+    try:
+        plots = plot_run(run_dir)
+        print("alexnet train: plots " + ", ".join(plots))
+    except UserError as error:
+        print(f"alexnet train: no plots: {error}")
+    last = result.checkpoint.path if result.checkpoint else "none"
+    print(f"alexnet train: finished; last checkpoint {last}; metrics {storage.join(run_dir, 'metrics.jsonl')}")
+    sys.stdout.flush()
+    return 0
+
+
+def check_dataset(data: str) -> None:
+    """Both splits finished (manifests written last) and the statistics present, before any worker."""
+    from pipeline.shards import read_manifest
+    from pipeline.stats import read_stats
+
+    train = read_manifest(data, "train")
+    val = read_manifest(data, "val")
+    read_stats(data)
+    if [c["synset"] for c in val["classes"]] != [c["synset"] for c in train["classes"]]:
+        raise UserError(f"{data}: the val split's class list differs from the train split's; shard val "
+                        f"into the same folder after train so it takes the train class indices")
+
+
+def _absolute_storage(config: TrainConfig) -> TrainConfig:
+    """Ray workers do not share the driver's working directory: local paths must be absolute."""
+    import dataclasses
+
+    changes = {}
+    for key in ("storage", "data"):
+        value = getattr(config, key)
+        if not storage.is_url(value):
+            changes[key] = os.path.abspath(os.path.expanduser(value))
+    return dataclasses.replace(config, **changes)
+
+
+def _delete_run(run_dir: str) -> None:
+    if not storage.exists(run_dir):
+        return
+    print(f"alexnet train: --fresh: deleting {run_dir}", flush=True)
+    storage.delete_tree(run_dir)
+
+
+def _check_same_run(config: TrainConfig, run_dir: str) -> None:
+    import json
+
+    stored_location = storage.join(run_dir, "config.json")
+    if not storage.exists(stored_location):
+        return
+    stored = json.loads(storage.read_bytes(stored_location))
+    changed = [f"{k}: {stored.get(k)!r} -> {getattr(config, k)!r}" for k in SHAPE_FIELDS
+               if stored.get(k) != getattr(config, k)]
+    if changed:
+        raise UserError(f"run {run_dir} exists with a different {', '.join(changed)}; continue it with "
+                        f"the same settings, or start over with --fresh or another --name")
+    other = [k for k in stored if k in config.to_dict() and stored[k] != getattr(config, k)]
+    print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
+          + (f" (changed: {', '.join(other)})" if other else ""), flush=True)
+
+
+def _check_resources(config: TrainConfig, resources: dict) -> None:
+    need_gpus = config.workers * config.gpus_per_worker
+    have_gpus = int(resources.get("GPU", 0))
+    if need_gpus > have_gpus:
+        raise UserError(f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker} asks for "
+                        f"{need_gpus} GPUs; the Ray cluster has {have_gpus}")
+    need_cpus = config.workers * config.cpus_per_worker
+    have_cpus = int(resources.get("CPU", 0))
+    if need_cpus > have_cpus:
+        raise UserError(f"--workers {config.workers} x cpus_per_worker {config.cpus_per_worker} asks for "
+                        f"{need_cpus} CPUs; the Ray cluster has {have_cpus}")
+
+
+def _forwarded_env() -> dict:
+    """What workers must see: deterministic cuBLAS, and the failure-test hooks (ALEXNET_DEBUG_*)."""
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("ALEXNET_DEBUG_")})
+    return env

@@ -1,0 +1,321 @@
+"""What one Ray Train worker runs, top to bottom: build, maybe resume, train epochs, validate, checkpoint.
+
+Each worker owns one model replica on two devices (one tower each; both "cpu" without GPUs). With R
+workers, DDP (device_ids=None, since the replica spans two devices) averages gradients, so a step is
+one step on a global batch of batch_size x R. Checkpoints are whole-run states (trainer/checkpoint.py)
+written by rank 0 after gathering every rank's loader position and RNG states, so a resumed run
+continues at the exact batch with the exact random numbers: on the CPU with deterministic kernels the
+weights come out bitwise equal to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ray.train import Checkpoint
+
+from pipeline.augment import BatchTransform
+from pipeline.loader import EvalLoader, TrainLoader
+from pipeline.shards import read_manifest
+from pipeline.stats import read_stats
+from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig, config_from_dict
+from trainer.evaluate import errors_from_totals, eval_totals
+from trainer.model import AlexNet
+from trainer.optim import PaperSGD, param_groups
+from trainer.report import MetricsLog, TensorBoardLog
+from trainer.schedule import PlateauSchedule
+
+
+def train_worker(params: dict) -> None:
+    """The Ray Train loop function; `params` = {"config": dict, "run_dir": str}."""
+    config = config_from_dict(params["config"])
+    run_dir = params["run_dir"]
+    _quiet_ray_reports()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    devices = _devices(config)
+    _set_up_determinism(config)
+
+    # --- the model, identical on every rank (same seed), then the run's state if resuming ---
+    manifest, stats = read_manifest(config.data, "train"), read_stats(config.data)
+    _seed_all(config.seed)
+    model = AlexNet(manifest["num_classes"], config.variant, devices, width=config.width,
+                    dropout=config.dropout, positive_bias=config.positive_bias, init=config.init)
+    optimizer = PaperSGD(param_groups(model, config.weight_decay, config.decay_biases),
+                         lr=config.lr_for_workers(), momentum=config.momentum,
+                         weight_decay=config.weight_decay)
+    schedule = PlateauSchedule(config.lr_for_workers(), factor=config.lr_factor, patience=config.patience,
+                               threshold=config.threshold, max_reductions=config.max_reductions,
+                               max_epochs=config.epochs)
+    loader = TrainLoader(config.data, config.batch_size, rank=rank, world_size=world, seed=config.seed,
+                         epoch=0, num_workers=config.loader_workers, crop=config.crop,
+                         pin_memory=config.gpus_per_worker > 0)
+    augment = BatchTransform(stats, pca_std=config.pca_std)
+    plain = BatchTransform(stats, pca_std=0.0)
+    generator = torch.Generator(device=devices[0])
+    _seed_all(config.seed * 1000 + rank + 1, generator)  # dropout and colour noise differ per rank
+
+    epoch, step, epoch_step, history = 0, 0, 0, []
+    # loss sum, top-1 correct, count on this rank; on the device so a step never waits for a .item()
+    train_totals = torch.zeros(3, dtype=torch.float64, device=devices[0])
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            state = ckpt.load(os.path.join(folder, ckpt.FILE_NAME))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        epoch, step, history = state["epoch"], state["step"], state["history"]
+        if state.get("finished"):
+            print(f"[rank {rank}] the run finished at epoch {epoch} (step {step}): nothing to do")
+            return
+        if state["world_size"] == world:
+            loader.load_state_dict(state["loader"][rank])
+            ckpt.restore_rng(state["rng"][rank], generator)
+            train_totals = state["train_totals"][rank].to(devices[0])
+            epoch_step = state["epoch_step"]
+        else:  # a different number of replicas cannot continue mid-epoch: redo the epoch
+            loader.set_epoch(epoch)
+            epoch_step = 0
+            print(f"[rank {rank}] resuming {world} replicas from a {state['world_size']}-replica "
+                  f"checkpoint: epoch {epoch} restarts from its first batch")
+        print(f"[rank {rank}] resumed at epoch {epoch}, step {step}, batch {epoch_step}")
+    else:
+        loader.set_epoch(0)
+    replica = torch.nn.parallel.DistributedDataParallel(model, device_ids=None) if world > 1 else model
+
+    logs = _Logs(run_dir, step if resumed is not None else None) if rank == 0 else None
+    if logs and resumed is not None:
+        logs.add({"kind": "resume", "epoch": epoch, "step": step, "batch": epoch_step, "world_size": world})
+    batches_per_epoch = min(len(loader), config.steps_per_epoch or len(loader))
+    pause = _DebugPause(rank)
+    decision = "continue"
+    while decision != "stop":
+        model.train()
+        started, images_seen, window_start, window_images = time.perf_counter(), 0, time.perf_counter(), 0
+        for images, labels in _isolated(loader):
+            images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
+            labels = labels.to(devices[0], non_blocking=True)
+            logits = replica(augment(images, generator))
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            epoch_step += 1
+            with torch.no_grad():
+                count = torch.tensor(float(labels.numel()), dtype=torch.float64, device=devices[0])
+                train_totals += torch.stack([loss.detach().double() * count,
+                                             (logits.argmax(1) == labels).sum().double(), count])
+            window_images += labels.numel() * world
+            if step % config.log_every_steps == 0:
+                now = time.perf_counter()
+                record = {"kind": "step", "epoch": epoch, "step": step, "loss": _mean_over_ranks(loss, world),
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": window_images / max(now - window_start, 1e-9)}
+                window_start, window_images = now, 0
+                if logs:
+                    logs.add(record)
+                ray.train.report({k: v for k, v in record.items() if k != "kind"})
+            pause.maybe(step)
+            last_batch = epoch_step >= batches_per_epoch
+            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last_batch:
+                _save(rank, world, logs, {"kind": "checkpoint", "epoch": epoch, "step": step}, model,
+                      optimizer, schedule, loader, generator, train_totals, config, manifest, stats,
+                      history, epoch, step, epoch_step)
+            if last_batch:
+                break
+        # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
+        val = errors_from_totals(_sum_over_ranks(
+            eval_totals(model, _isolated(EvalLoader(config.data, config.eval_batch_size, rank=rank,
+                                                    world_size=world, crop=config.crop,
+                                                    num_workers=config.loader_workers)),
+                        plain, devices[0]), world))
+        train = _sum_over_ranks(train_totals.cpu(), world)
+        decision = schedule.step(val["top1_error"])
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": schedule.lr,
+                  "train_loss": train[0].item() / max(train[2].item(), 1),
+                  "train_top1_error": 1 - train[1].item() / max(train[2].item(), 1),
+                  "val_loss": val["loss"], "val_top1_error": val["top1_error"],
+                  "val_top5_error": val["top5_error"], "decision": decision,
+                  "seconds": time.perf_counter() - started}
+        history.append({k: v for k, v in record.items() if k != "kind"})
+        digests = _replica_digests(model, world)
+        finished_epoch = epoch
+        epoch, epoch_step = epoch + 1, 0
+        train_totals.zero_()
+        if decision != "stop":
+            loader.set_epoch(epoch)
+        _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, config,
+              manifest, stats, history, epoch, step, epoch_step, best=schedule.is_best(finished_epoch))
+    if logs:
+        logs.add({"kind": "end", "step": step, "epochs": epoch, "reason": "schedule" if epoch < config.epochs
+                  else "max epochs", "replica_digests": digests})
+        logs.close()
+
+
+def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, config,
+          manifest, stats, history, epoch, step, epoch_step, best: bool = False) -> None:
+    """Gather every rank's position and RNG, rank 0 writes the file, everyone reports it to Ray Train."""
+    mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu()}
+    everyone = [None] * world
+    if world > 1:
+        dist.all_gather_object(everyone, mine)
+    else:
+        everyone = [mine]
+    metrics = {k: v for k, v in record.items() if k != "kind"}
+    name = f"checkpoint-{step:08d}"
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    state = ckpt.build(model=ckpt.cpu_state_dict(model), optimizer=ckpt.optimizer_state_cpu(optimizer),
+                       schedule=schedule.state_dict(), epoch=epoch, step=step, epoch_step=epoch_step,
+                       loader=[e["loader"] for e in everyone], rng=[e["rng"] for e in everyone],
+                       train_totals=[e["totals"] for e in everyone], config=config.to_dict(),
+                       history=list(history), finished=record.get("decision") == "stop",
+                       num_classes=manifest["num_classes"],
+                       classes=manifest["classes"], stats=stats, world_size=world)
+    if record["kind"] == "epoch":
+        logs.add(record)
+    logs.flush()
+    with tempfile.TemporaryDirectory(prefix="alexnet-ckpt-") as folder:
+        ckpt.write_local(state, folder)
+        if best:
+            ckpt.write_best(os.path.join(folder, ckpt.FILE_NAME), logs.run_dir)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+
+
+class _Logs:
+    """Rank 0's metrics file and TensorBoard events."""
+
+    def __init__(self, run_dir: str, resume_step: int | None):
+        self.run_dir = run_dir
+        self.metrics = MetricsLog(run_dir, resume_step)
+        self.board = TensorBoardLog(run_dir)
+
+    def add(self, record: dict) -> None:
+        self.metrics.append(record)
+        if record["kind"] in ("step", "epoch"):
+            self.board.add(record)
+
+    def flush(self) -> None:
+        self.metrics.flush()
+        self.board.flush()
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.board.close()
+
+
+def _isolated(batches):
+    """Iterate a loader without letting it touch this process's global RNGs.
+
+    A torch DataLoader draws its base seed from the global torch RNG whenever an iterator starts, and
+    dropout draws from the same RNG: without this, a run resumed mid-epoch (iterator started after
+    the checkpoint) would see other dropout masks than the uninterrupted run (iterator started at
+    the epoch's beginning). Python's and numpy's states are kept for the same reason.
+    """
+    iterator = iter(batches)
+    while True:
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
+        yield batch
+
+
+def _quiet_ray_reports() -> None:
+    """Ray Train 2.60 logs every ray.train.report (metrics included) at INFO under a logger named
+    after its source file, out of LoggingConfig's reach; our metrics have their own files."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as ray_train_context
+
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
+
+
+def _devices(config: TrainConfig) -> tuple[torch.device, torch.device]:
+    if config.gpus_per_worker == 0:
+        return torch.device("cpu"), torch.device("cpu")
+    from ray.train.torch import get_devices
+
+    found = get_devices()
+    torch.cuda.set_device(found[0])
+    return (found[0], found[1]) if len(found) >= 2 else (found[0], found[0])
+
+
+def _set_up_determinism(config: TrainConfig) -> None:
+    """Bitwise-reproducible on the CPU. On GPUs cuDNN is pinned to deterministic convolutions, but
+    max-pool's backward has no deterministic CUDA kernel (atomics): runs agree closely, not bitwise."""
+    torch.set_num_threads(config.cpus_per_worker)
+    torch.backends.cudnn.benchmark = not config.deterministic
+    torch.backends.cudnn.deterministic = config.deterministic
+    if config.deterministic and config.gpus_per_worker == 0:
+        torch.use_deterministic_algorithms(True)
+
+
+def _seed_all(seed: int, generator: torch.Generator | None = None) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if generator is not None:
+        generator.manual_seed(seed)
+
+
+def _sum_over_ranks(totals: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        totals = totals.clone()
+        dist.all_reduce(totals)  # float64 sums on the CPU (gloo); exact for counts
+    return totals
+
+
+def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
+    value = loss.detach().float().cpu().reshape(1)
+    return (_sum_over_ranks(value, world) / world).item() if world > 1 else value.item()
+
+
+def _replica_digests(model: torch.nn.Module, world: int) -> list[str]:
+    """sha256 of each replica's weights; DDP must keep them identical, so a difference is an error."""
+    mine = ckpt.weights_digest(model.state_dict())
+    everyone = [None] * world
+    if world > 1:
+        dist.all_gather_object(everyone, mine)
+    else:
+        everyone = [mine]
+    if len(set(everyone)) != 1:
+        raise RuntimeError(f"model replicas diverged: weight digests {everyone}")
+    return everyone
+
+
+class _DebugPause:
+    """For failure tests: at step ALEXNET_DEBUG_PAUSE_STEP, rank ALEXNET_DEBUG_PAUSE_RANK (0) writes
+    its pid to ALEXNET_DEBUG_PID_FILE and waits to be killed; only once per file."""
+
+    def __init__(self, rank: int):
+        self.step = int(os.environ.get("ALEXNET_DEBUG_PAUSE_STEP", "0"))
+        self.path = os.environ.get("ALEXNET_DEBUG_PID_FILE", "")
+        self.active = bool(self.step and self.path) and rank == int(os.environ.get("ALEXNET_DEBUG_PAUSE_RANK", "0"))
+
+    def maybe(self, step: int) -> None:
+        if not self.active or step != self.step or os.path.exists(self.path):
+            return
+        with open(self.path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(self.path + ".tmp", self.path)
+        time.sleep(float(os.environ.get("ALEXNET_DEBUG_PAUSE_SECONDS", "120")))

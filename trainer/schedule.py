@@ -1,0 +1,71 @@
+"""The paper's learning-rate schedule: divide by 10 when validation error stops improving.
+
+Krizhevsky et al. (2012): "divide the learning rate by 10 when the validation error rate stopped
+improving with the current learning rate ... reduced three times prior to termination". Here, after
+every epoch the centre-crop validation top-1 error is compared with the best so far; an epoch counts
+as an improvement when the error drops by more than `threshold` (absolute, 0-1 scale). After
+`patience` epochs without one, the lr is multiplied by `factor` and the count restarts (the best error
+is kept). Once `max_reductions` reductions have happened, the next plateau ends training instead; the
+run also ends at `max_epochs`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Decision = Literal["continue", "reduce", "stop"]
+
+
+class PlateauSchedule:
+    def __init__(self, lr: float, *, factor: float = 0.1, patience: int = 3, threshold: float = 1e-3,
+                 max_reductions: int = 3, max_epochs: int = 90):
+        self.lr = lr
+        self.factor = factor
+        self.patience = patience
+        self.threshold = threshold
+        self.max_reductions = max_reductions
+        self.max_epochs = max_epochs
+        self.best_error = math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.reductions: list[int] = []  # epochs after which the lr was reduced
+        self.epochs_seen = 0
+
+    def step(self, val_error: float) -> Decision:
+        """Feed one epoch's validation error; returns what to do before the next epoch."""
+        epoch = self.epochs_seen
+        self.epochs_seen += 1
+        if val_error < self.best_error - self.threshold:
+            self.best_error, self.best_epoch, self.bad_epochs = val_error, epoch, 0
+        else:
+            self.bad_epochs += 1
+        decision: Decision = "continue"
+        if self.epochs_seen >= self.max_epochs:
+            decision = "stop"
+        elif self.bad_epochs >= self.patience:
+            if len(self.reductions) >= self.max_reductions:
+                decision = "stop"
+            else:
+                self.lr *= self.factor
+                self.reductions.append(epoch)
+                self.bad_epochs = 0
+                decision = "reduce"
+        return decision
+
+    def is_best(self, epoch: int) -> bool:
+        return self.best_epoch == epoch
+
+    def state_dict(self) -> dict:
+        best = None if math.isinf(self.best_error) else self.best_error  # JSON and weights_only safe
+        return {"lr": self.lr, "best_error": best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "reductions": list(self.reductions),
+                "epochs_seen": self.epochs_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr = state["lr"]
+        self.best_error = math.inf if state["best_error"] is None else state["best_error"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+        self.reductions = list(state["reductions"])
+        self.epochs_seen = state["epochs_seen"]
