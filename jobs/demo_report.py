@@ -33,7 +33,7 @@ def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: 
         "chance_top1_error": 1 - 1 / classes, "chance_top5_error": max(0.0, 1 - min(5, classes) / classes),
         "crops": result["crops"], "val_images": result["samples"], "classes": classes,
         "train_images": int(manifest["total_samples"]), "epochs": len(epochs),
-        "best_epoch": int(state["epoch"]) + 1,
+        "best_epoch": int(state["schedule"]["best_epoch"]) + 1,  # 1-based, as in the report's table
         "centre_crop_val_top1_error_per_epoch": [r.get("val_top1_error") for r in epochs],
         "lr_per_epoch": [r.get("lr") for r in epochs],
         "seconds": {k: round(v, 1) for k, v in timings.items()},

@@ -72,6 +72,8 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
     assert report["chance_top5_error"] == pytest.approx(0)
     assert 0 <= report["top5_error"] <= report["top1_error"]
     assert report["top1_error"] <= 0.5, report  # accuracy at least twice chance's 0.25: it learned
+    per_epoch = report["centre_crop_val_top1_error_per_epoch"]
+    assert per_epoch[report["best_epoch"] - 1] == min(per_epoch)  # the evaluated checkpoint is the best epoch
     markdown = (out / "report.md").read_text()
     for picture in ("loss.png", "error.png", "filters.png"):
         assert f"({picture})" in markdown
