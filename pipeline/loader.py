@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader_plan import batch_sizes, rank_span
+from pipeline.loader_pool import BatchPool
 from pipeline.loader_stream import EpochSpec, EpochStream
 from pipeline.loader_tar import ShardReadError
 from pipeline.shards import read_manifest
@@ -57,6 +58,7 @@ class _ShardLoader:
         self.batches = 0  # batches of the current epoch handed to the caller
         self.replaced_samples = 0  # unreadable samples stood in for (skip_bad_samples=True), all epochs
         self._resume_at = 0
+        self._pool: BatchPool | None = None  # workers' batch slots, mapped once, reused by every pass
 
     def _rank_samples(self) -> int:
         start, stop = rank_span(self.total_samples, self.batch_size, self.rank, self.world_size,
@@ -75,31 +77,54 @@ class _ShardLoader:
         spec = EpochSpec(self.dataset, self.shards, int(self.manifest["num_classes"]), self._mode, self.crop,
                          self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
                          max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples)
+        pool = self._open_pool()
         # A private generator: starting a pass then never draws from the global torch RNG (which dropout
         # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
-        workers = DataLoader(EpochStream(spec), batch_size=None, num_workers=self.num_workers,
-                             pin_memory=self.pin_memory,
+        workers = DataLoader(EpochStream(spec, pool), batch_size=None, num_workers=self.num_workers,
                              prefetch_factor=self.prefetch_factor if self.num_workers else None,
                              multiprocessing_context=self.multiprocessing_context if self.num_workers else None,
-                             generator=torch.Generator())
+                             generator=torch.Generator(), collate_fn=_as_sent)
+        pin = self.pin_memory and torch.cuda.is_available()
         arrived: dict[int, tuple] = {}  # batches that came in ahead of their turn (after a resume)
         replaced = 0
-        for item in workers:
-            if item[0] == "error":
-                raise ShardReadError(item[1]) from None
-            _, batch_id, images, labels, bad = item
-            arrived[batch_id] = images, labels
-            replaced += bad
-            while self.batches in arrived:
-                ready = arrived.pop(self.batches)
-                self.batches += 1  # count before yielding: a state_dict() taken now resumes after it
-                yield ready
+        try:
+            for item in workers:
+                if item[0] == "error":
+                    raise ShardReadError(item[1]) from None
+                _, batch_id, images, labels, bad = item
+                if pool is not None:  # copied out at once: the worker's slot is free again
+                    images = pool.take(*images, len(labels), pin)
+                elif pin:
+                    images = images.pin_memory()
+                labels = torch.from_numpy(labels)
+                # NHWC storage handed out as an NCHW view (channels_last memory format)
+                arrived[batch_id] = images.movedim(-1, -3), labels.pin_memory() if pin else labels
+                replaced += bad
+                while self.batches in arrived:
+                    ready = arrived.pop(self.batches)
+                    self.batches += 1  # count before yielding: a state_dict() taken now resumes after it
+                    yield ready
+        finally:
+            if pool is not None:
+                pool.close_pass()
         if self.batches != len(self):
             raise RuntimeError(f"loader yielded {self.batches} of {len(self)} batches (a bug: please report)")
         if replaced:
             self.replaced_samples += replaced
             warnings.warn(f"{self.dataset} {self.split} epoch {self.epoch}: {replaced} unreadable samples were "
                           "replaced by copies of readable ones (skip_bad_samples=True)", stacklevel=2)
+
+    def _open_pool(self) -> BatchPool | None:
+        if not self.num_workers:
+            return None
+        crop = (self.crop, self.crop, 3)
+        shape = (self.num_workers, self.prefetch_factor + 1, self.batch_size,
+                 *((10, *crop) if self._mode == "ten_crop" else crop))
+        if self._pool is None or self._pool.shape != shape:
+            self._pool = None  # free the old slots first
+            self._pool = BatchPool(*shape[:3], shape[3:])
+        self._pool.open_pass(self.multiprocessing_context)
+        return self._pool
 
     def _check_shards_present(self) -> None:
         """Fail before any worker starts when a listed shard is gone (one listing, also for URLs)."""
@@ -109,6 +134,11 @@ class _ShardLoader:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ShardReadError(f"{self.dataset}: {len(missing)} shard(s) listed in {self.split}.manifest.json "
                                  f"are missing: {shown} (re-run `alexnet shard`, or pass skip_bad_samples=True)")
+
+
+def _as_sent(item: tuple) -> tuple:
+    """No conversion: labels travel as a numpy array (pickled inline, no shared-memory segment)."""
+    return item
 
 
 class TrainLoader(_ShardLoader):

@@ -2,9 +2,10 @@
 
 Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
 decodes each sample only when it is due in the seeded order, crops it straight into the batch array,
-and yields ("batch", batch number, images, labels, replaced). A shard that cannot be read ends the
-stream with ("error", message): the main process re-raises it with that message (a DataLoader
-traceback would bury it).
+and yields ("batch", batch number, images, labels, replaced). In a worker process the batch array is a
+slot of the loader's BatchPool (pipeline/loader_pool.py) and `images` is (worker, slot); in-process it
+is an NHWC tensor. A shard that cannot be read ends the stream with ("error", message): the main
+process re-raises it with that message (a DataLoader traceback would bury it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline import storage
 from pipeline.augment import centre_crop, random_crop_flip, ten_crop
 from pipeline.loader_plan import WorkerPlan, worker_plan
-from pipeline.loader_tar import ShardReadError, iter_samples
+from pipeline.loader_pool import BatchPool, PassStopped
+from pipeline.loader_tar import PIECE, ShardReadError, iter_samples
 
 @dataclass(frozen=True)
 class EpochSpec:
@@ -43,8 +45,8 @@ class EpochSpec:
 
 
 class EpochStream(IterableDataset):
-    def __init__(self, spec: EpochSpec):
-        self.spec = spec
+    def __init__(self, spec: EpochSpec, pool: BatchPool | None = None):
+        self.spec, self.pool = spec, pool  # pool: where workers put batches (None: in-process)
 
     def __iter__(self) -> Iterator[tuple]:
         spec = self.spec
@@ -56,40 +58,45 @@ class EpochStream(IterableDataset):
                            num_workers=spec.num_workers, worker=worker, drop_last=train, shuffle=train,
                            window=spec.window)
         try:
-            yield from _batches(spec, plan)
+            yield from _batches(spec, plan, self.pool if info is not None else None, worker)
         except ShardReadError as error:
             yield ("error", str(error))
+        except PassStopped:
+            return
 
 
-def _batches(spec: EpochSpec, plan: WorkerPlan) -> Iterator[tuple]:
+def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: int) -> Iterator[tuple]:
     done = sum(1 for b in plan.batch_ids if b < spec.resume_batches)  # this worker's batches already used
     first_slot = sum(plan.batch_sizes[:done])
     slot_of = np.empty(len(plan.order), dtype=np.int64)
     slot_of[plan.order] = np.arange(len(plan.order))
     keep = slot_of >= first_slot  # samples yielded before the resume point are never decoded
     samples = _read_pieces(spec, plan.pieces, keep)
+    order, draws, wanted = plan.order.tolist(), plan.draws.tolist(), keep.tolist()  # cheap per-sample reads
     pending: dict[int, tuple] = {}
     last_good = None
     slot = first_slot
     shape = (10, spec.crop, spec.crop, 3) if spec.mode == "ten_crop" else (spec.crop, spec.crop, 3)
-    in_worker = get_worker_info() is not None
-    for batch_id, size in zip(plan.batch_ids[done:], plan.batch_sizes[done:]):
-        batch = torch.empty((size, *shape), dtype=torch.uint8)  # NHWC storage, handed out as an NCHW view
-        if in_worker:
-            batch.share_memory_()  # decoded straight into shared memory: no copy on the way to the trainer
-        images = batch.numpy()
+    scratch = np.empty(256 * 256 * 3, dtype=np.uint8)  # reused for every decode: no fresh pages per image
+    for number, (batch_id, size) in enumerate(zip(plan.batch_ids[done:], plan.batch_sizes[done:])):
+        if pool is not None:
+            pool_slot, images = pool.slot_for(worker, number)
+            images, payload = images[:size], (worker, pool_slot)
+        else:
+            payload = torch.empty((size, *shape), dtype=torch.uint8)  # NHWC
+            images = payload.numpy()
         labels = np.empty(size, dtype=np.int64)
         bad = []
         for i in range(size):
-            ordinal = int(plan.order[slot])
+            ordinal = order[slot]
             while ordinal not in pending:
                 got, item = next(samples, (None, None))
                 if got is None:
                     raise ShardReadError(f"{spec.dataset}: shards hold fewer samples than the manifest lists")
-                if keep[got]:
+                if wanted[got]:
                     pending[got] = item
             try:
-                labels[i] = _decode_into(spec, *pending.pop(ordinal), plan.draws[slot], images[i])
+                labels[i] = _decode_into(spec, *pending.pop(ordinal), draws[slot], images[i], scratch)
             except ShardReadError as error:
                 if not spec.skip_bad:
                     raise
@@ -97,7 +104,7 @@ def _batches(spec: EpochSpec, plan: WorkerPlan) -> Iterator[tuple]:
                 bad.append(i)
             slot += 1
         last_good = _fill_bad(images, labels, bad, last_good, spec)
-        yield ("batch", batch_id, batch.movedim(-1, -3), torch.from_numpy(labels), len(bad))
+        yield ("batch", batch_id, payload, labels, len(bad))
 
 
 def _fill_bad(images: np.ndarray, labels: np.ndarray, bad: list[int], last_good, spec: EpochSpec):
@@ -125,6 +132,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
     fails, its remaining samples carry the error (so skipping, when asked, is per sample).
     """
     ordinal = 0
+    buffer = bytearray(PIECE)  # one read buffer for all the worker's shards: its pages are touched once
     for shard, lo, hi in pieces:
         end = ordinal + hi - lo
         where = storage.join(spec.dataset, spec.shards[shard][0])
@@ -133,7 +141,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
             continue
         try:
             with storage.open_input(where) as stream:
-                for _, key, members in iter_samples(stream, where, lo, hi):
+                for _, key, members in iter_samples(stream, where, lo, hi, buffer):
                     yield ordinal, (where, key, members, None)
                     ordinal += 1
             continue
@@ -149,7 +157,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
 
 
 def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | None, error: str | None,
-                 draws: np.ndarray, out: np.ndarray) -> int:
+                 draws: list[float], out: np.ndarray, scratch: np.ndarray) -> int:
     """Decode one sample into its batch slot; returns the label. Only .jpg and .cls are ever parsed."""
     if error is not None:
         raise ShardReadError(error)
@@ -157,7 +165,10 @@ def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | N
         if ext not in members:
             raise ShardReadError(f"{where}: sample {key} has no .{ext} member")
     try:
-        image = simplejpeg.decode_jpeg(members["jpg"], colorspace="RGB")  # HWC uint8, 0-255
+        try:
+            image = simplejpeg.decode_jpeg(members["jpg"], colorspace="RGB", buffer=scratch)  # HWC uint8
+        except ValueError:  # larger than the scratch buffer (or unreadable: then this raises again)
+            image = simplejpeg.decode_jpeg(members["jpg"], colorspace="RGB")
     except (ValueError, RuntimeError) as failure:
         raise ShardReadError(f"{where}: member {key}.jpg is not a readable JPEG ({failure})") from None
     if min(image.shape[:2]) < spec.crop:
@@ -172,7 +183,7 @@ def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | N
         raise ShardReadError(f"{where}: member {key}.cls holds {raw[:20]!r}, not a class index in "
                              f"[0, {spec.num_classes})")
     if spec.mode == "train":
-        random_crop_flip(image, spec.crop, draws[0], draws[1], bool(draws[2] < 0.5), out)
+        random_crop_flip(image, spec.crop, draws[0], draws[1], draws[2] < 0.5, out)
     elif spec.mode == "centre":
         centre_crop(image, spec.crop, out)
     else:

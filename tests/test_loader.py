@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import random
 import shutil
 import tarfile
 from collections import Counter
@@ -145,10 +146,13 @@ def test_resume_after_k_batches_equals_the_uninterrupted_stream(sharded_dataset)
     def loader(**kw):
         return TrainLoader(sharded_dataset, 12, rank=1, world_size=2, seed=5, epoch=2, num_workers=3, **kw)
 
-    rng_state = torch.get_rng_state()
+    rng_states = torch.get_rng_state(), random.getstate(), np.random.get_state()
     full = list(loader())
     assert len(full) == 13
-    assert torch.equal(torch.get_rng_state(), rng_state)  # a pass leaves the global RNG (dropout's) alone
+    # a pass leaves the global RNGs alone (torch's draws dropout masks: a resumed run must see the same)
+    torch_state, py_state, np_state = rng_states
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
+    assert np.array_equal(np.random.get_state()[1], np_state[1]) and np.random.get_state()[2:] == np_state[2:]
     for k in (1, 4, 11, 13):
         interrupted = loader()
         for n, _ in enumerate(interrupted):
@@ -181,6 +185,30 @@ def test_resume_does_not_decode_the_skipped_samples(sharded_dataset, monkeypatch
     loader.load_state_dict({"epoch": 0, "batches": 15, "seed": 2})
     assert len(list(loader)) == len(loader) - 15 == 4
     assert len(decoded) == 4 * 16
+
+
+def test_leaving_a_pass_early_then_starting_again_gives_the_same_batches(sharded_dataset):
+    # worker batches travel through reused shared-memory slots: a pass left half-way must free them
+    loader = TrainLoader(sharded_dataset, 8, seed=3, num_workers=2, prefetch_factor=1)
+    for n, (images, _) in enumerate(loader):
+        if n == 2:
+            break
+    again = list(TrainLoader(sharded_dataset, 8, seed=3, num_workers=2, prefetch_factor=1))
+    loader.set_epoch(1)
+    loader.set_epoch(0)  # from the first batch again
+    batches = list(loader)  # kept whole: each batch is the caller's own, not a view of a slot
+    assert len(batches) == len(again)
+    for (images, labels), (want_images, want_labels) in zip(batches, again):
+        assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+
+
+def test_spawned_workers_give_the_in_process_batches(sharded_dataset):
+    spawned = list(EvalLoader(sharded_dataset, 16, num_workers=1, multiprocessing_context="spawn"))
+    in_process = list(EvalLoader(sharded_dataset, 16, num_workers=0))
+    assert len(spawned) == len(in_process) > 1
+    for (images, labels), (want_images, want_labels) in zip(spawned, in_process):
+        assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+        assert images.is_contiguous(memory_format=torch.channels_last)
 
 
 # --- evaluation loaders ------------------------------------------------------------------------------

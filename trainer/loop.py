@@ -102,7 +102,7 @@ def train_worker(params: dict) -> None:
     while decision != "stop":
         model.train()
         started, images_seen, window_start, window_images = time.perf_counter(), 0, time.perf_counter(), 0
-        for images, labels in _isolated(loader):
+        for images, labels in loader:  # a pass never touches the global RNGs (tested)
             images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
             labels = labels.to(devices[0], non_blocking=True)
             logits = replica(augment(images, generator))
@@ -136,9 +136,8 @@ def train_worker(params: dict) -> None:
                 break
         # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
         val = errors_from_totals(_sum_over_ranks(
-            eval_totals(model, _isolated(EvalLoader(config.data, config.eval_batch_size, rank=rank,
-                                                    world_size=world, crop=config.crop,
-                                                    num_workers=config.loader_workers)),
+            eval_totals(model, EvalLoader(config.data, config.eval_batch_size, rank=rank, world_size=world,
+                                          crop=config.crop, num_workers=config.loader_workers),
                         plain, devices[0]), world))
         train = _sum_over_ranks(train_totals.cpu(), world)
         decision = schedule.step(val["top1_error"])
@@ -216,28 +215,6 @@ class _Logs:
     def close(self) -> None:
         self.metrics.close()
         self.board.close()
-
-
-def _isolated(batches):
-    """Iterate a loader without letting it touch this process's global RNGs.
-
-    A torch DataLoader draws its base seed from the global torch RNG whenever an iterator starts, and
-    dropout draws from the same RNG: without this, a run resumed mid-epoch (iterator started after
-    the checkpoint) would see other dropout masks than the uninterrupted run (iterator started at
-    the epoch's beginning). Python's and numpy's states are kept for the same reason.
-    """
-    iterator = iter(batches)
-    while True:
-        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            torch.set_rng_state(torch_state)
-        yield batch
 
 
 def _quiet_ray_reports() -> None:
