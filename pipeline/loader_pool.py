@@ -5,7 +5,7 @@ kernel maps and zero-fills each new page on first touch, and a 224x224 crop is ~
 here, that hand-off cost a third of the CPU a worker spends per image (the loader reached 0.53 of
 decode-only speed with workers against 0.75 in-process). So each worker writes its batches into a few
 slots mapped once per loader, yields only the slot number, and the main process copies the slot into
-a batch of its own (page-locked when `pin_memory`) and hands the slot back. The copy costs ~15 us per
+a batch of its own (page-locked when `pin_memory`) and hands the slot back. The copy costs ~20 us per
 image; the user owns the batch it gets, as with any DataLoader.
 
 Flow control: one semaphore per worker counts its free slots. A worker has at most `prefetch_factor`
