@@ -23,7 +23,7 @@ from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader_plan import batch_sizes, rank_span
 from pipeline.loader_pool import BatchPool
-from pipeline.loader_stream import EpochSpec, EpochStream
+from pipeline.loader_stream import EpochSpec, EpochStream, sample_shape
 from pipeline.loader_tar import ShardReadError
 from pipeline.shards import read_manifest
 
@@ -117,9 +117,7 @@ class _ShardLoader:
     def _open_pool(self) -> BatchPool | None:
         if not self.num_workers:
             return None
-        crop = (self.crop, self.crop, 3)
-        shape = (self.num_workers, self.prefetch_factor + 1, self.batch_size,
-                 *((10, *crop) if self._mode == "ten_crop" else crop))
+        shape = (self.num_workers, self.prefetch_factor + 1, self.batch_size, *sample_shape(self._mode, self.crop))
         if self._pool is None or self._pool.shape != shape:
             self._pool = None  # free the old slots first
             self._pool = BatchPool(*shape[:3], shape[3:])

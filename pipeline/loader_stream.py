@@ -76,7 +76,7 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
     pending: dict[int, tuple] = {}
     last_good = None
     slot = first_slot
-    shape = (10, spec.crop, spec.crop, 3) if spec.mode == "ten_crop" else (spec.crop, spec.crop, 3)
+    shape = sample_shape(spec.mode, spec.crop)
     scratch = np.empty(256 * 256 * 3, dtype=np.uint8)  # reused for every decode: no fresh pages per image
     for number, (batch_id, size) in enumerate(zip(plan.batch_ids[done:], plan.batch_sizes[done:])):
         if pool is not None:
@@ -105,6 +105,11 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
             slot += 1
         last_good = _fill_bad(images, labels, bad, last_good, spec)
         yield ("batch", batch_id, payload, labels, len(bad))
+
+
+def sample_shape(mode: str, crop: int) -> tuple[int, ...]:
+    """One sample's HWC uint8 shape in a batch: ten crops stacked for "ten_crop"."""
+    return (10, crop, crop, 3) if mode == "ten_crop" else (crop, crop, 3)
 
 
 def _fill_bad(images: np.ndarray, labels: np.ndarray, bad: list[int], last_good, spec: EpochSpec):

@@ -102,7 +102,7 @@ class _TarStream:
                 return  # end of archive (a zero block)
             name, size, kind = _parse_header(header, self.where, last)
             if kind in (b"x", b"L", b"g"):  # pax extended / GNU long name / pax global header
-                data = bytes(self.data(size, f"the header after {last}"))
+                data = self.data(size, f"the header after {last}")
                 if kind == b"L":
                     long_name = data.rstrip(b"\0").decode("utf-8", "replace")
                 elif kind == b"x":
