@@ -14,7 +14,7 @@ number of batches on every rank: pipeline/loader_plan.py. What a worker does: pi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -59,6 +59,9 @@ class _ShardLoader:
         self.replaced_samples = 0  # unreadable samples stood in for (skip_bad_samples=True), all epochs
         self._resume_at = 0
         self._pool: BatchPool | None = None  # workers' batch slots, mapped once, reused by every pass
+        # batches a worker sent through a fresh shared-memory segment because the caller held all its slots
+        self.fallback_batches = 0
+        self._running = False  # a pass is under way (its workers write into the pool)
 
     def _rank_samples(self) -> int:
         start, stop = rank_span(self.total_samples, self.batch_size, self.rank, self.world_size,
@@ -69,6 +72,9 @@ class _ShardLoader:
         return len(batch_sizes(self._rank_samples(), self.batch_size, drop_last=self._mode == "train"))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._running:
+            raise UserError("this loader is already in a pass: one iterator at a time (finish the other pass, "
+                            "or break out of its loop, first)")
         start, self._resume_at = self._resume_at, 0
         self.batches = start
         if start >= len(self):
@@ -84,29 +90,15 @@ class _ShardLoader:
                              prefetch_factor=self.prefetch_factor if self.num_workers else None,
                              multiprocessing_context=self.multiprocessing_context if self.num_workers else None,
                              generator=torch.Generator(), collate_fn=_as_sent)
-        pin = self.pin_memory and torch.cuda.is_available()
-        arrived: dict[int, tuple] = {}  # batches that came in ahead of their turn (after a resume)
-        replaced = 0
+        items = iter(workers)
+        self._running = True
         try:
-            for item in workers:
-                if item[0] == "error":
-                    raise ShardReadError(item[1]) from None
-                _, batch_id, images, labels, bad = item
-                if pool is not None:  # copied out at once: the worker's slot is free again
-                    images = pool.take(*images, len(labels), pin)
-                elif pin:
-                    images = images.pin_memory()
-                labels = torch.from_numpy(labels)
-                # NHWC storage handed out as an NCHW view (channels_last memory format)
-                arrived[batch_id] = images.movedim(-1, -3), labels.pin_memory() if pin else labels
-                replaced += bad
-                while self.batches in arrived:
-                    ready = arrived.pop(self.batches)
-                    self.batches += 1  # count before yielding: a state_dict() taken now resumes after it
-                    yield ready
+            replaced = yield from self._in_order(items, pool)
         finally:
-            if pool is not None:
-                pool.close_pass()
+            self._running = False
+            if pool is not None:  # join the workers now, not when the iterator is collected: the slots
+                items._shutdown_workers()  # they took for batches never received are then free again
+                pool.end_pass()
         if self.batches != len(self):
             raise RuntimeError(f"loader yielded {self.batches} of {len(self)} batches (a bug: please report)")
         if replaced:
@@ -114,10 +106,38 @@ class _ShardLoader:
             warnings.warn(f"{self.dataset} {self.split} epoch {self.epoch}: {replaced} unreadable samples were "
                           "replaced by copies of readable ones (skip_bad_samples=True)", stacklevel=2)
 
+    def _in_order(self, items: Iterator[tuple], pool: BatchPool | None) -> Generator[tuple, None, int]:
+        """The workers' batches as the caller's tensors, in batch order; returns how many samples stood
+        in for unreadable ones."""
+        pin = self.pin_memory and torch.cuda.is_available()
+        arrived: dict[int, tuple] = {}  # batches that came in ahead of their turn (after a resume)
+        replaced = 0
+        for item in items:
+            if item[0] == "error":
+                raise ShardReadError(item[1]) from None
+            _, batch_id, images, labels, bad = item
+            if isinstance(images, tuple):  # (worker, slot) of the pool
+                images = pool.take(*images, len(labels), pin)
+            else:
+                self.fallback_batches += pool is not None
+                if pin:
+                    images = images.pin_memory()
+            labels = torch.from_numpy(labels)
+            # NHWC storage handed out as an NCHW view (channels_last memory format)
+            arrived[batch_id] = images.movedim(-1, -3), labels.pin_memory() if pin else labels
+            del item, images, labels  # only the caller holds a batch: its slot is free once the caller drops it
+            replaced += bad
+            while self.batches in arrived:
+                ready = arrived.pop(self.batches)
+                self.batches += 1  # count before yielding: a state_dict() taken now resumes after it
+                yield ready
+                del ready
+        return replaced
+
     def _open_pool(self) -> BatchPool | None:
         if not self.num_workers:
             return None
-        shape = (self.num_workers, self.prefetch_factor + 1, self.batch_size, *sample_shape(self._mode, self.crop))
+        shape = (self.num_workers, self.prefetch_factor + 2, self.batch_size, *sample_shape(self._mode, self.crop))
         if self._pool is None or self._pool.shape != shape:
             self._pool = None  # free the old slots first
             self._pool = BatchPool(*shape[:3], shape[3:])

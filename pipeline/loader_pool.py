@@ -1,28 +1,32 @@
-"""How a batch gets from a loader worker process to the main process: reused shared-memory slots.
+"""How a batch gets from a loader worker process to the caller: reused shared-memory slots, lent out.
 
 torch's DataLoader sends every tensor a worker yields through a fresh shared-memory segment. The
 kernel maps and zero-fills each new page on first touch, and a 224x224 crop is ~37 pages: measured
-here, that hand-off cost a third of the CPU a worker spends per image (the loader reached 0.53 of
-decode-only speed with workers against 0.75 in-process). So each worker writes its batches into a few
-slots mapped once per loader, yields only the slot number, and the main process copies the slot into
-a batch of its own (page-locked when `pin_memory`) and hands the slot back. The copy costs ~20 us per
-image; the user owns the batch it gets, as with any DataLoader.
+here, that hand-off cost a third of the CPU a worker spends per image. So each worker writes its
+batches into a few slots mapped once per loader and yields only the slot number.
 
-Flow control: one semaphore per worker counts its free slots. A worker has at most `prefetch_factor`
-batches requested at a time and the main process copies a batch as soon as it arrives, so
-prefetch_factor + 1 slots mean a worker never waits in practice; the semaphore makes it safe anyway.
+The caller gets the slot itself (no copy): the batch tensor is a view of the slot, and the slot goes
+back to its worker when the last tensor sharing that memory is freed (a finalizer on the numpy array
+under the tensor's storage). A caller that keeps batches (`list(loader)`) keeps their slots; when a
+worker finds none free it sends that batch the DataLoader's way instead (a fresh segment), so holding
+batches costs speed, never a hang. With `pin_memory` the batch is copied into page-locked memory at
+once (a CUDA copy needs it) and the slot is freed there and then.
+
+Flow control: a worker has at most `prefetch_factor` batches requested at a time; the caller's loop
+holds about two more (the batch it works on and, briefly, the one just received), hence
+prefetch_factor + 2 slots per worker. Per worker, a shared flag per slot says which are taken and a
+semaphore counts the free ones (its release and acquire also order the memory accesses between the
+processes).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import weakref
 
 import numpy as np
 import torch
-
-
-class PassStopped(Exception):
-    """The main process ended the pass while a worker waited for a free slot."""
 
 
 class BatchPool:
@@ -31,34 +35,58 @@ class BatchPool:
     def __init__(self, workers: int, slots: int, batch_size: int, sample_shape: tuple[int, ...]):
         self.shape = (workers, slots, batch_size, *sample_shape)
         self.buffers = torch.empty(self.shape, dtype=torch.uint8).share_memory_()
+        self.taken = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
         self.free: list = []
-        self.stopped = None
+        self.lent: set[tuple[int, int]] = set()  # (worker, slot) the caller holds
+        self._lock = threading.Lock()  # main process: a batch may be freed on another thread
+
+    def __getstate__(self) -> dict:  # pickled into spawned workers, which never free slots
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
 
     def open_pass(self, context: str | None) -> None:
-        """Fresh flow control for a pass whose workers start after this (from `context`'s start method)."""
+        """Fresh semaphores for a pass whose workers start after this (from `context`'s start method);
+        slots the caller still holds from an earlier pass stay taken."""
         mp = multiprocessing.get_context(context)
-        self.free = [mp.Semaphore(self.shape[1]) for _ in range(self.shape[0])]
-        self.stopped = mp.Event()
+        with self._lock:
+            self.free = [mp.Semaphore(self.shape[1] - int(row.sum())) for row in self.taken]
 
-    def close_pass(self) -> None:
-        """Tell workers still waiting for a slot to stop (the caller left the loop early)."""
-        if self.stopped is not None:
-            self.stopped.set()
+    def end_pass(self) -> None:
+        """After the pass's workers are gone: slots taken for batches the caller never received (the
+        pass was left early) are free again."""
+        with self._lock:
+            for worker, row in enumerate(self.taken):
+                for slot in range(self.shape[1]):
+                    if (worker, slot) not in self.lent:
+                        row[slot] = 0
 
     # --- in a worker ---
-    def slot_for(self, worker: int, batch_number: int) -> tuple[int, np.ndarray]:
-        """Wait until the worker's slot for its `batch_number`-th batch of the pass is free; (slot, HWC
-        view of the full batch)."""
-        while not self.free[worker].acquire(timeout=1.0):
-            if self.stopped.is_set():
-                raise PassStopped
-        slot = batch_number % self.shape[1]
+    def slot_for(self, worker: int) -> tuple[int, np.ndarray] | None:
+        """A free slot of this worker, now taken: (slot, HWC view of the full batch); None if all are
+        held (the caller keeps batches), never waiting."""
+        if not self.free[worker].acquire(block=False):
+            return None
+        taken = self.taken[worker].numpy()
+        slot = int(np.flatnonzero(taken == 0)[0])
+        taken[slot] = 1
         return slot, self.buffers[worker, slot].numpy()
 
     # --- in the main process ---
     def take(self, worker: int, slot: int, size: int, pin_memory: bool) -> torch.Tensor:
-        """Copy the first `size` samples of a slot into a new tensor and free the slot."""
-        batch = torch.empty((size, *self.shape[3:]), dtype=torch.uint8, pin_memory=pin_memory)
-        batch.copy_(self.buffers[worker, slot, :size])
-        self.free[worker].release()
-        return batch
+        """The first `size` samples of a slot as the caller's batch: the slot itself, freed when the
+        batch's memory is (or a page-locked copy with `pin_memory`, the slot freed at once)."""
+        if pin_memory:
+            batch = torch.empty((size, *self.shape[3:]), dtype=torch.uint8, pin_memory=True)
+            batch.copy_(self.buffers[worker, slot, :size])
+            self._release(worker, slot)
+            return batch
+        view = self.buffers[worker, slot, :size].numpy()  # a new array object, owned by the batch alone
+        with self._lock:
+            self.lent.add((worker, slot))
+        weakref.finalize(view, self._release, worker, slot).atexit = False
+        return torch.from_numpy(view)
+
+    def _release(self, worker: int, slot: int) -> None:
+        with self._lock:
+            self.lent.discard((worker, slot))
+            self.taken[worker, slot] = 0
+            self.free[worker].release()

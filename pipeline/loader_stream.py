@@ -2,9 +2,9 @@
 
 Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
 decodes each sample only when it is due in the seeded order, crops it straight into the batch array,
-and yields ("batch", batch number, images, labels, replaced). In a worker process the batch array is a
-slot of the loader's BatchPool (pipeline/loader_pool.py) and `images` is (worker, slot); in-process it
-is an NHWC tensor. A shard that cannot be read ends the stream with ("error", message): the main
+and yields ("batch", batch number, images, labels, replaced). In a worker process the batch array is
+normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and `images` is (worker, slot);
+in-process, or when the caller holds all the worker's slots, it is an NHWC tensor. A shard that cannot be read ends the stream with ("error", message): the main
 process re-raises it with that message (a DataLoader traceback would bury it).
 """
 
@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline import storage
 from pipeline.augment import centre_crop, random_crop_flip, ten_crop
 from pipeline.loader_plan import WorkerPlan, worker_plan
-from pipeline.loader_pool import BatchPool, PassStopped
+from pipeline.loader_pool import BatchPool
 from pipeline.loader_tar import PIECE, ShardReadError, iter_samples
 
 @dataclass(frozen=True)
@@ -61,8 +61,6 @@ class EpochStream(IterableDataset):
             yield from _batches(spec, plan, self.pool if info is not None else None, worker)
         except ShardReadError as error:
             yield ("error", str(error))
-        except PassStopped:
-            return
 
 
 def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: int) -> Iterator[tuple]:
@@ -78,10 +76,10 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
     slot = first_slot
     shape = sample_shape(spec.mode, spec.crop)
     scratch = np.empty(256 * 256 * 3, dtype=np.uint8)  # reused for every decode: no fresh pages per image
-    for number, (batch_id, size) in enumerate(zip(plan.batch_ids[done:], plan.batch_sizes[done:])):
-        if pool is not None:
-            pool_slot, images = pool.slot_for(worker, number)
-            images, payload = images[:size], (worker, pool_slot)
+    for batch_id, size in zip(plan.batch_ids[done:], plan.batch_sizes[done:]):
+        lent = pool.slot_for(worker) if pool is not None else None
+        if lent is not None:
+            images, payload = lent[1][:size], (worker, lent[0])
         else:
             payload = torch.empty((size, *shape), dtype=torch.uint8)  # NHWC
             images = payload.numpy()

@@ -1,8 +1,8 @@
 """Read samples out of one shard's tar stream, by position, with errors that name shard and member.
 
 Our own tar parser rather than `tarfile`'s stream mode: `tarfile` costs about 60 us per member here
-(three members per sample, against a ~450 us JPEG decode). This one reads the stream into one 4 MiB buffer
-and walks the headers inside it, so a member costs a few slices and no read call. It understands what any POSIX
+(three members per sample, against a ~450 us JPEG decode). This one reads the stream into one small buffer
+and walks the headers inside it, so a member costs a few slices and rarely a read call. It understands what any POSIX
 tar writer produces for regular files (ustar, pax `x`/`g` headers, GNU long names), checks every
 header's checksum, and never interprets member contents: the caller gets raw bytes of `.jpg` and
 `.cls` members only (nothing is ever unpickled; `.json` and any other member is passed over).
@@ -10,6 +10,7 @@ header's checksum, and never interprets member contents: the caller gets raw byt
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -18,7 +19,11 @@ from pipeline.errors import UserError
 
 BLOCK = 512
 WANTED = ("jpg", "cls")  # the only members the loader ever reads
-PIECE = 4 << 20  # bytes per read call: an object-store stream issues a request per read
+# Bytes per read call. Small on purpose: the buffer then stays in the core's L2 cache next to the JPEG
+# decoder's working set. Measured with the whole loader here: 64 KiB ~8% faster than 4 MiB, whose reads
+# evicted the decoder's tables and output. Object-store streams buffer their own, larger requests
+# (storage.open_input), so this does not multiply requests.
+PIECE = 64 << 10
 
 
 class ShardReadError(UserError):
@@ -59,7 +64,7 @@ def iter_samples(stream: BinaryIO, where: str, start: int, stop: int,
 
 class _TarStream:
     """The shard's bytes from the current member on: `self.buffer[self.at:self.end]`, refilled by
-    reading into the same buffer (a fresh 4 MiB object per read costs a page fault per 4 KiB)."""
+    reading into the same buffer (a fresh object per read costs a page fault per 4 KiB)."""
 
     def __init__(self, stream: BinaryIO, where: str, buffer: bytearray):
         self.stream, self.where = stream, where
@@ -91,13 +96,12 @@ class _TarStream:
         long_name = None
         last = "the archive's first member"
         while True:
-            if not self._have(BLOCK):
+            if self.end - self.at < BLOCK and not self._have(BLOCK):
                 if self.buffer.count(0, self.at, self.end) == self.end - self.at:
                     return  # a stream that just ends on a boundary (or in zero padding)
                 raise ShardReadError(f"{self.where}: truncated in the header after {last}")
-            at = self.at
-            header = bytes(self.view[at:at + BLOCK])
-            self.at = at + BLOCK
+            header = self.buffer[self.at:self.at + BLOCK]
+            self.at += BLOCK
             if header[0] == 0 and header.count(0) == BLOCK:
                 return  # end of archive (a zero block)
             name, size, kind = _parse_header(header, self.where, last)
@@ -117,11 +121,16 @@ class _TarStream:
 
     def data(self, size: int, member: str) -> bytes:
         """The member's bytes (a copy: the buffer is reused); the stream moves on past its padding."""
-        if not self._have(size):
+        if self.end - self.at < size and not self._have(size):
             raise ShardReadError(f"{self.where}: truncated inside member {member} "
                                  f"({self.end - self.at} of {size} bytes)")
-        data = bytes(self.view[self.at:self.at + size])
-        self._advance(size + (-size % BLOCK), member)
+        at = self.at
+        data = bytes(self.view[at:at + size])
+        padded = size + (-size % BLOCK)
+        if padded <= self.end - at:
+            self.at = at + padded
+        else:
+            self._advance(padded, member)
         return data
 
     def skip(self, size: int, member: str) -> None:
@@ -141,32 +150,39 @@ class _TarStream:
             size -= got
 
 
-def _parse_header(header: bytes, where: str, last: str) -> tuple[str, int, bytes]:
-    stored = header[148:156]
+# name, size, checksum, type, magic, prefix: the ustar fields a regular file needs, in one call
+_HEADER = struct.Struct("100s24x12s12x8sc100x5s3x32x32x8x8x155s12x")
+
+
+def _parse_header(header: bytearray, where: str, last: str) -> tuple[str, int, bytes]:
+    name, size, stored, kind, magic, prefix = _HEADER.unpack_from(header)
     try:
         checksum = int(stored.split(b"\0", 1)[0].strip() or b"0", 8)
-        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        size = int(size.split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         raise ShardReadError(f"{where}: corrupt tar header after {last}") from None
     if checksum != byte_sum(header) - sum(stored) + 8 * 32:  # the checksum field counts as eight spaces
         raise ShardReadError(f"{where}: corrupt tar header (bad checksum) after {last}")
-    name = header[:100].split(b"\0", 1)[0]
-    if header[257:262] == b"ustar" and header[345] != 0:
-        name = header[345:500].split(b"\0", 1)[0] + b"/" + name
-    return name.decode("utf-8", "replace"), size, header[156:157]
+    name = name.split(b"\0", 1)[0]
+    if magic == b"ustar" and prefix[0] != 0:
+        name = prefix.split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "replace"), size, kind
 
 
 _LOW_BITS = int.from_bytes(b"\x01" * BLOCK, "little")
 
 
-def byte_sum(header: bytes) -> int:
-    """sum(header) for a 512-byte block, exactly, in ~1/3 of the time (it runs three times per sample).
+def byte_sum(header: bytes | bytearray) -> int:
+    """sum(header) for a 512-byte block, exactly, in a tenth of the time (it runs three times per sample).
 
     zlib's Adler-32 holds (1 + sum) mod 65521; a block's sum is at most 512 * 255 < 2 * 65521, so it
-    is that residue or the residue + 65521, and the two differ in parity (65521 is odd). The parity of
-    the sum is the parity of the number of odd bytes.
+    is that residue or the residue + 65521. A tar header is mostly zero bytes, too few nonzero ones to
+    reach 65521; otherwise the two candidates differ in parity (65521 is odd), and the parity of the
+    sum is the parity of the number of odd bytes.
     """
     residue = ((zlib.adler32(header) & 0xFFFF) - 1) % 65521
+    if 255 * (BLOCK - header.count(0)) < 65521:
+        return residue
     odd_bytes = (int.from_bytes(header, "little") & _LOW_BITS).bit_count()
     return residue if (residue - odd_bytes) % 2 == 0 else residue + 65521
 

@@ -86,12 +86,18 @@ def size(location: str) -> int:
     return info.size
 
 
+REMOTE_READ = 4 << 20  # bytes per object-store request when streaming
+
+
 def open_input(location: str) -> BinaryIO:
-    """A sequential read stream (streams from object storage; never downloads the whole file first)."""
+    """A sequential read stream (streams from object storage; never downloads the whole file first).
+
+    Object-store streams are buffered in REMOTE_READ requests, so callers may read in small pieces
+    without one request per read."""
     if not is_url(location):
         return open(location, "rb")
     fs, path = resolve(location)
-    return fs.open_input_stream(path)
+    return fs.open_input_stream(path, buffer_size=REMOTE_READ)
 
 
 def read_bytes(location: str) -> bytes:

@@ -187,19 +187,49 @@ def test_resume_does_not_decode_the_skipped_samples(sharded_dataset, monkeypatch
     assert len(decoded) == 4 * 16
 
 
-def test_leaving_a_pass_early_then_starting_again_gives_the_same_batches(sharded_dataset):
-    # worker batches travel through reused shared-memory slots: a pass left half-way must free them
+def test_worker_batches_are_lent_slots_that_come_back_when_dropped(sharded_dataset):
+    # Workers' batches are views of reused shared-memory slots. A plain loop drops each batch before the
+    # next arrives, so every batch travels in a slot; a pass left half-way must give its slots back.
+    want = [(images.clone(), labels) for images, labels in TrainLoader(sharded_dataset, 8, seed=3, num_workers=2)]
     loader = TrainLoader(sharded_dataset, 8, seed=3, num_workers=2, prefetch_factor=1)
-    for n, (images, _) in enumerate(loader):
-        if n == 2:
-            break
-    again = list(TrainLoader(sharded_dataset, 8, seed=3, num_workers=2, prefetch_factor=1))
+    for _ in range(3):  # each time, workers hold slots for batches never received
+        for n, (images, _) in enumerate(loader):
+            if n == 2:
+                break
+        del images
+        loader.set_epoch(1)
+        loader.set_epoch(0)  # from the first batch again
+    for _ in range(2):  # those slots are free again: no batch falls back
+        loader.set_epoch(1)
+        loader.set_epoch(0)
+        for (images, labels), (want_images, want_labels) in zip(loader, want, strict=True):
+            assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+        del images, labels
+    assert loader.fallback_batches == 0
+
+
+def test_batches_the_caller_keeps_stay_intact(sharded_dataset):
+    # list() keeps every batch: the workers run out of slots and send the rest the DataLoader's way
+    want = [(images.clone(), labels) for images, labels in TrainLoader(sharded_dataset, 8, seed=3, num_workers=2)]
+    loader = TrainLoader(sharded_dataset, 8, seed=3, num_workers=2, prefetch_factor=1)
+    kept = list(loader)
+    assert loader.fallback_batches > 0
     loader.set_epoch(1)
-    loader.set_epoch(0)  # from the first batch again
-    batches = list(loader)  # kept whole: each batch is the caller's own, not a view of a slot
-    assert len(batches) == len(again)
-    for (images, labels), (want_images, want_labels) in zip(batches, again):
+    for _ in loader:  # a whole further pass must not write into the slots of batches still kept
+        pass
+    assert len(kept) == len(want)
+    for (images, labels), (want_images, want_labels) in zip(kept, want):
         assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+
+
+def test_one_pass_at_a_time(sharded_dataset):
+    loader = TrainLoader(sharded_dataset, 8, num_workers=1)
+    first = iter(loader)
+    next(first)
+    with pytest.raises(UserError, match="already in a pass"):
+        next(iter(loader))
+    first.close()
+    assert len(list(loader)) == len(loader)
 
 
 def test_spawned_workers_give_the_in_process_batches(sharded_dataset):
