@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--dataset", help="folder written by `alexnet shard` (default: shard the shared images)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the split per measurement")
     parser.add_argument("--copies", type=int, default=64, help="each shard appears this many times in an epoch")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128, help="the paper's and `alexnet train`'s default")
     parser.add_argument("--workers", type=int, default=2, help="loader workers for the multi-process row")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)

@@ -4,8 +4,9 @@ Each worker computes its own plan (pipeline/loader_plan.py), streams the shards 
 decodes each sample only when it is due in the seeded order, crops it straight into the batch array,
 and yields ("batch", batch number, images, labels, replaced). In a worker process the batch array is
 normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and `images` is (worker, slot);
-in-process, or when the caller holds all the worker's slots, it is an NHWC tensor. A shard that cannot be read ends the stream with ("error", message): the main
-process re-raises it with that message (a DataLoader traceback would bury it).
+in-process, or when the caller holds all the worker's slots, it is an NHWC tensor. A shard that
+cannot be read ends the stream with ("error", message): the main process re-raises it with that
+message (a DataLoader traceback would bury it).
 """
 
 from __future__ import annotations

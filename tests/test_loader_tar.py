@@ -92,7 +92,7 @@ def test_truncation_anywhere_names_shard_and_member():
 
 def test_byte_sum_is_the_exact_sum_of_a_block():
     rng = random.Random(0)
-    blocks = [bytes(512), b"\xff" * 512, b"\x01" * 512]
+    blocks = [bytes(512), b"\xff" * 512, b"\x01" * 512, b"\x7f" * 512]  # the largest ASCII sum: 65024
     blocks += [bytes(rng.choice((0, 255)) for _ in range(512)) for _ in range(200)]  # sums around 65521
     blocks += [os.urandom(512) for _ in range(2000)]
     for block in blocks:
