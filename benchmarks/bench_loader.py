@@ -11,8 +11,8 @@ too, but on a shared machine they measure the neighbours). Ratios against
   (b) a torchvision-style per-sample Pillow pipeline on the same in-memory bytes: decode, random crop,
       flip, to float tensor, normalise, collate (target: the loader is >= 2x faster).
 The loader itself streams the tar shards from disk (page cache after the first pass) and includes tar
-parsing, label parsing, crop, flip, batching and, with workers, the copy of each batch out of the
-workers' shared memory. An epoch links each shard `--copies` times so that starting worker processes
+parsing, label parsing, crop, flip, batching and, with workers, handing each batch to the main
+process (and the main process's CPU). An epoch links each shard `--copies` times so that starting worker processes
 (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. The Pillow pipeline runs
 on every 8th image (it is 5x slower; its rate per core does not depend on the count).
 
