@@ -1,11 +1,12 @@
 """Read samples out of one shard's tar stream, by position, with errors that name shard and member.
 
 Our own tar parser rather than `tarfile`'s stream mode: `tarfile` costs about 60 us per member here
-(three members per sample, against a ~450 us JPEG decode). This one reads the stream into one small buffer
-and walks the headers inside it, so a member costs a few slices and rarely a read call. It understands what any POSIX
-tar writer produces for regular files (ustar, pax `x`/`g` headers, GNU long names), checks every
-header's checksum, and never interprets member contents: the caller gets raw bytes of `.jpg` and
-`.cls` members only (nothing is ever unpickled; `.json` and any other member is passed over).
+(three members per sample, against a ~450 us JPEG decode). This one reads the stream into one small
+buffer and walks the headers inside it, so a member costs a few slices and rarely a read call. It
+understands what any POSIX tar writer produces for regular files (ustar, pax `x`/`g` headers, GNU
+long names), checks every header's checksum, and never interprets member contents: the caller gets
+raw bytes of `.jpg` and `.cls` members only (nothing is ever unpickled; `.json` and any other member
+is passed over).
 """
 
 from __future__ import annotations
