@@ -12,9 +12,9 @@ too, but on a shared machine they measure the neighbours). Ratios against
       flip, to float tensor, normalise, collate (target: the loader is >= 2x faster).
 The loader itself streams the tar shards from disk (page cache after the first pass) and includes tar
 parsing, label parsing, crop, flip, batching and, with workers, handing each batch to the main
-process (and the main process's CPU). An epoch links each shard `--copies` times so that starting worker processes
-(~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. The Pillow pipeline runs
-on every 8th image (it is 5x slower; its rate per core does not depend on the count).
+process (whose CPU counts too). An epoch links each shard `--copies` times so that starting worker
+processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. The Pillow
+pipeline runs on every 8th image (it is 5x slower; its rate per core does not depend on the count).
 
 Rounds run every variant once, in turn. On a shared machine a variant's rate swings by 10-25% from
 one minute to the next, so ratios are taken within a round (against that round's decode-only and

@@ -54,10 +54,9 @@ class BatchPool:
         """After the pass's workers are gone: slots taken for batches the caller never received (the
         pass was left early) are free again."""
         with self._lock:
-            for worker, row in enumerate(self.taken):
-                for slot in range(self.shape[1]):
-                    if (worker, slot) not in self.lent:
-                        row[slot] = 0
+            self.taken.zero_()
+            for worker, slot in self.lent:
+                self.taken[worker, slot] = 1
 
     # --- in a worker ---
     def slot_for(self, worker: int) -> tuple[int, np.ndarray] | None:

@@ -97,7 +97,7 @@ class _TarStream:
         long_name = None
         last = "the archive's first member"
         while True:
-            if self.end - self.at < BLOCK and not self._have(BLOCK):
+            if not self._have(BLOCK):
                 if self.buffer.count(0, self.at, self.end) == self.end - self.at:
                     return  # a stream that just ends on a boundary (or in zero padding)
                 raise ShardReadError(f"{self.where}: truncated in the header after {last}")
@@ -122,16 +122,11 @@ class _TarStream:
 
     def data(self, size: int, member: str) -> bytes:
         """The member's bytes (a copy: the buffer is reused); the stream moves on past its padding."""
-        if self.end - self.at < size and not self._have(size):
+        if not self._have(size):
             raise ShardReadError(f"{self.where}: truncated inside member {member} "
                                  f"({self.end - self.at} of {size} bytes)")
-        at = self.at
-        data = bytes(self.view[at:at + size])
-        padded = size + (-size % BLOCK)
-        if padded <= self.end - at:
-            self.at = at + padded
-        else:
-            self._advance(padded, member)
+        data = bytes(self.view[self.at:self.at + size])
+        self.skip(size, member)
         return data
 
     def skip(self, size: int, member: str) -> None:
