@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from pipeline import storage
 from pipeline.augment import centre_crop, random_crop_flip, ten_crop
 from pipeline.loader_plan import WorkerPlan, worker_plan
 from pipeline.loader_pool import BatchPool
-from pipeline.loader_tar import PIECE, ShardReadError, iter_samples
+from pipeline.loader_tar import STREAM_BUFFER, ShardReadError, iter_samples, map_file
 
 @dataclass(frozen=True)
 class EpochSpec:
@@ -136,7 +137,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
     fails, its remaining samples carry the error (so skipping, when asked, is per sample).
     """
     ordinal = 0
-    buffer = bytearray(PIECE)  # one read buffer for all the worker's shards: its pages are touched once
+    buffer = bytearray(STREAM_BUFFER)  # one read buffer for all of a worker's streamed shards
     for shard, lo, hi in pieces:
         end = ordinal + hi - lo
         where = storage.join(spec.dataset, spec.shards[shard][0])
@@ -144,8 +145,8 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
             ordinal = end
             continue
         try:
-            with storage.open_input(where) as stream:
-                for _, key, members in iter_samples(stream, where, lo, hi, buffer):
+            with _open_shard(where) as source:
+                for _, key, members in iter_samples(source, where, lo, hi, buffer):
                     yield ordinal, (where, key, members, None)
                     ordinal += 1
             continue
@@ -158,6 +159,12 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
         while ordinal < end:
             yield ordinal, (where, None, None, error)
             ordinal += 1
+
+
+def _open_shard(where: str) -> AbstractContextManager:
+    """Local shards are mapped (members are then views: no read calls, no copies); URLs are streamed.
+    A mapping is not closed here: the samples still waiting in the shuffle window hold views of it."""
+    return storage.open_input(where) if storage.is_url(where) else nullcontext(map_file(where))
 
 
 def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | None, error: str | None,
@@ -178,10 +185,10 @@ def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | N
     if min(image.shape[:2]) < spec.crop:
         raise ShardReadError(f"{where}: member {key}.jpg is {image.shape[1]}x{image.shape[0]}, "
                              f"smaller than the {spec.crop}-pixel crop")
-    raw = members["cls"]
+    raw = bytes(members["cls"])
     try:
-        label = int(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
+        label = int(raw)  # ASCII decimal, surrounding whitespace allowed
+    except ValueError:
         label = -1
     if not 0 <= label < spec.num_classes:
         raise ShardReadError(f"{where}: member {key}.cls holds {raw[:20]!r}, not a class index in "
