@@ -10,8 +10,8 @@ too, but on a shared machine they measure the neighbours). Ratios against
       practical limit of any JPEG loader on one core (target: the loader reaches >= 80% of it);
   (b) a torchvision-style per-sample Pillow pipeline on the same in-memory bytes: decode, random crop,
       flip, to float tensor, normalise, collate (target: the loader is >= 2x faster).
-The loader itself streams the tar shards from disk (page cache after the first pass) and includes tar
-parsing, label parsing, crop, flip, batching and, with workers, handing each batch to the main
+The loader itself reads the tar shards from disk (memory-mapped; page cache after the first pass) and
+includes tar parsing, label parsing, crop, flip, batching and, with workers, handing each batch to the main
 process (whose CPU counts too). An epoch links each shard `--copies` times so that starting worker
 processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. The Pillow
 pipeline runs on every 8th image (it is 5x slower; its rate per core does not depend on the count).
