@@ -3,7 +3,7 @@
 Our own tar reader rather than `tarfile`, whose stream mode costs about 60 us per member here (three
 members per sample, against a ~450 us JPEG decode). It walks the chain of headers in the bytes at hand
 with a few slices per member. Local shards are memory-mapped, so a member is a view of the page cache:
-no read call and no copy (worth 5-8 points of the loader benchmark's ratio to decode-only). Streams
+no read call and no copy (the loader benchmark's ratio to decode-only rose by a few points). Streams
 (object storage) are read in large pieces into one reused buffer, and members copied out of it.
 
 It understands what any POSIX tar writer produces for regular files (ustar, pax `x`/`g` headers, GNU
