@@ -21,29 +21,18 @@ import torch
 TEN_CROP_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 
 
-def random_crop_flip(image: np.ndarray, crop: int, u_row: float, u_col: float, flip: bool,
-                     out: np.ndarray) -> None:
-    """Write a crop x crop patch of an HWC uint8 image into `out` (HWC), mirrored when `flip` (which
-    also mirrors that patch of `image`: a scratch buffer).
-
-    The offsets come from uniforms in [0, 1) drawn up front by the epoch plan, so the same sample gets
-    the same patch whenever the epoch is replayed (exact resume).
-    """
-    height, width = image.shape[:2]
-    row = int(u_row * (height - crop + 1))
-    col = int(u_col * (width - crop + 1))
-    patch = image[row:row + crop, col:col + crop]
-    if flip:
-        # Mirrored in place, where the decoder just wrote it (in cache), then copied: half the cost of
-        # OpenCV mirroring straight into the batch (~45 us here), and ~8x faster than torch.flip.
-        cv2.flip(patch, 1, dst=patch)
-    out[...] = patch
+def crop_origin(height: int, width: int, crop: int, draws: list[float] | None) -> tuple[int, int]:
+    """Top-left corner (row, col) of a crop x crop patch: uniform over the image from two of the epoch
+    plan's draws in [0, 1) (training), or the centre (draws None). Drawn up front by the plan, so the
+    same sample gets the same patch whenever the epoch is replayed (exact resume)."""
+    if draws is None:
+        return (height - crop) // 2, (width - crop) // 2
+    return int(draws[0] * (height - crop + 1)), int(draws[1] * (width - crop + 1))
 
 
-def centre_crop(image: np.ndarray, crop: int, out: np.ndarray) -> None:
-    height, width = image.shape[:2]
-    row, col = (height - crop) // 2, (width - crop) // 2
-    out[...] = image[row:row + crop, col:col + crop]
+def mirror(patch: np.ndarray) -> None:
+    """Flip an HWC uint8 patch left-right in place (OpenCV: ~8x faster than torch.flip; any row stride)."""
+    cv2.flip(patch, 1, dst=patch)
 
 
 def ten_crop(image: np.ndarray, crop: int, out: np.ndarray) -> None:

@@ -4,7 +4,7 @@
     transform = BatchTransform(read_stats("s3://bucket/imagenet"))
     for epoch in range(start_epoch, epochs):
         loader.set_epoch(epoch)
-        for images, labels in loader:  # uint8 [B, 3, 224, 224] (channels_last memory), int64 [B]
+        for images, labels in loader:  # uint8 [B, 3, 224, 224] (NHWC memory), int64 [B]
             x = transform(images.to(device, non_blocking=True))
 
 How samples are dealt to ranks and workers, and why that gives exactly-once epochs with the same
@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader_plan import batch_sizes, rank_span
-from pipeline.loader_pool import BatchPool
-from pipeline.loader_stream import EpochSpec, EpochStream, sample_shape
+from pipeline.loader_layout import BatchLayout
+from pipeline.loader_pool import BatchPool, pinned_copy
+from pipeline.loader_stream import EpochSpec, EpochStream, batch_layout
 from pipeline.loader_tar import ShardReadError
 from pipeline.shards import read_manifest
 
@@ -45,9 +46,9 @@ class _ShardLoader:
             raise UserError("num_workers, seed, epoch and shuffle_window must not be negative")
         self.dataset, self.split = str(dataset), split
         self.manifest = read_manifest(self.dataset, split)
-        image_size = int(self.manifest.get("image_size", 256))
-        if not 1 <= crop <= image_size:
-            raise UserError(f"crop {crop} does not fit the dataset's {image_size}-pixel images")
+        self.image_size = int(self.manifest.get("image_size", 256))
+        if not 1 <= crop <= self.image_size:
+            raise UserError(f"crop {crop} does not fit the dataset's {self.image_size}-pixel images")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.epoch, self.crop = seed, epoch, crop
         self.num_workers, self.shuffle_window = num_workers, shuffle_window
@@ -81,9 +82,9 @@ class _ShardLoader:
             return
         self._check_shards_present()
         spec = EpochSpec(self.dataset, self.shards, int(self.manifest["num_classes"]), self._mode, self.crop,
-                         self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
+                         self.image_size, self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
                          max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples)
-        pool = self._open_pool()
+        pool = self._open_pool(batch_layout(spec))
         # A private generator: starting a pass then never draws from the global torch RNG (which dropout
         # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
         workers = DataLoader(EpochStream(spec, pool), batch_size=None, num_workers=self.num_workers,
@@ -121,9 +122,9 @@ class _ShardLoader:
             else:
                 self.fallback_batches += pool is not None
                 if pin:
-                    images = images.pin_memory()
+                    images = pinned_copy(images)
             labels = torch.from_numpy(labels)
-            # NHWC storage handed out as an NCHW view (channels_last memory format)
+            # NHWC memory handed out as an NCHW view (rows padded unless pinned: pipeline/loader_layout.py)
             arrived[batch_id] = images.movedim(-1, -3), labels.pin_memory() if pin else labels
             del item, images, labels  # only the caller holds a batch: its slot is free once the caller drops it
             replaced += bad
@@ -134,13 +135,13 @@ class _ShardLoader:
                 del ready
         return replaced
 
-    def _open_pool(self) -> BatchPool | None:
+    def _open_pool(self, layout: BatchLayout) -> BatchPool | None:
         if not self.num_workers:
             return None
-        shape = (self.num_workers, self.prefetch_factor + 2, self.batch_size, *sample_shape(self._mode, self.crop))
-        if self._pool is None or self._pool.shape != shape:
+        shape = (self.num_workers, self.prefetch_factor + 2)
+        if self._pool is None or (self._pool.shape, self._pool.layout) != (shape, layout):
             self._pool = None  # free the old slots first
-            self._pool = BatchPool(*shape[:3], shape[3:])
+            self._pool = BatchPool(*shape, layout)
         self._pool.open_pass(self.multiprocessing_context)
         return self._pool
 
@@ -160,8 +161,9 @@ def _as_sent(item: tuple) -> tuple:
 
 
 class TrainLoader(_ShardLoader):
-    """Training batches: uint8 [B, 3, crop, crop] images (0-255 RGB, NCHW shape in channels_last memory:
-    use `.reshape`, not `.view`, to flatten) and int64 labels [B].
+    """Training batches: uint8 [B, 3, crop, crop] images (0-255 RGB; NCHW shape over NHWC memory, a
+    strided view of the buffer the images were decoded into, dense with `pin_memory`: use `.reshape`,
+    not `.view`, to flatten) and int64 labels [B].
 
     Every rank yields `len(loader)` full batches per epoch; across ranks no sample repeats within an
     epoch and fewer than world_size * batch_size samples are left out. The order depends on (seed,

@@ -28,13 +28,15 @@ import weakref
 import numpy as np
 import torch
 
+from pipeline.loader_layout import BatchLayout
+
 
 class BatchPool:
-    """Slots [workers, slots, batch_size, *sample_shape] of uint8 in shared memory, reused every pass."""
+    """`slots` batch buffers per worker in shared memory (each one batch in `layout`), reused every pass."""
 
-    def __init__(self, workers: int, slots: int, batch_size: int, sample_shape: tuple[int, ...]):
-        self.shape = (workers, slots, batch_size, *sample_shape)
-        self.buffers = torch.empty(self.shape, dtype=torch.uint8).share_memory_()
+    def __init__(self, workers: int, slots: int, layout: BatchLayout):
+        self.shape, self.layout = (workers, slots), layout
+        self.buffers = torch.empty((workers, slots, layout.nbytes), dtype=torch.uint8).share_memory_()
         self.taken = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
         self.free: list = []
         self.lent: set[tuple[int, int]] = set()  # (worker, slot) the caller holds
@@ -59,26 +61,26 @@ class BatchPool:
                 self.taken[worker, slot] = 1
 
     # --- in a worker ---
-    def slot_for(self, worker: int) -> tuple[int, np.ndarray] | None:
-        """A free slot of this worker, now taken: (slot, HWC view of the full batch); None if all are
-        held (the caller keeps batches), never waiting."""
+    def slot_for(self, worker: int) -> tuple[int, torch.Tensor] | None:
+        """A free slot of this worker, now taken: (slot, its flat buffer); None if all are held (the
+        caller keeps batches), never waiting."""
         if not self.free[worker].acquire(block=False):
             return None
         taken = self.taken[worker].numpy()
         slot = int(np.flatnonzero(taken == 0)[0])
         taken[slot] = 1
-        return slot, self.buffers[worker, slot].numpy()
+        return slot, self.buffers[worker, slot]
 
     # --- in the main process ---
     def take(self, worker: int, slot: int, size: int, pin_memory: bool) -> torch.Tensor:
         """The first `size` samples of a slot as the caller's batch: the slot itself, freed when the
         batch's memory is (or a page-locked copy with `pin_memory`, the slot freed at once)."""
+        batch = self.layout.view(self.buffers[worker, slot], size)
         if pin_memory:
-            batch = torch.empty((size, *self.shape[3:]), dtype=torch.uint8, pin_memory=True)
-            batch.copy_(self.buffers[worker, slot, :size])
+            batch = pinned_copy(batch)
             self._release(worker, slot)
             return batch
-        view = self.buffers[worker, slot, :size].numpy()  # a new array object, owned by the batch alone
+        view = batch.numpy()  # a new array object, owned by the batch alone
         with self._lock:
             self.lent.add((worker, slot))
         weakref.finalize(view, self._release, worker, slot).atexit = False
@@ -89,3 +91,8 @@ class BatchPool:
             self.lent.discard((worker, slot))
             self.taken[worker, slot] = 0
             self.free[worker].release()
+
+
+def pinned_copy(batch: torch.Tensor) -> torch.Tensor:
+    """A dense copy in page-locked memory: the GPU transfer then needs no other copy."""
+    return torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True).copy_(batch)

@@ -1,10 +1,11 @@
 """What one torch DataLoader worker runs: its share of an epoch, shards -> uint8 batches.
 
 Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
-decodes each sample only when it is due in the seeded order, crops it straight into the batch array,
-and yields ("batch", batch number, images, labels, replaced). In a worker process the batch array is
-normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and `images` is (worker, slot);
-in-process, or when the caller holds all the worker's slots, it is an NHWC tensor. A shard that
+decodes each sample only when it is due in the seeded order, straight into its place in the batch
+(pipeline/loader_layout.py), and yields ("batch", batch number, images, labels, replaced). In a worker
+process the batch buffer is normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and
+`images` is (worker, slot); in-process, or when the caller holds all the worker's slots, it is an NHWC
+tensor (a view of a fresh buffer in that layout). A shard that
 cannot be read ends the stream with ("error", message): the main process re-raises it with that
 message (a DataLoader traceback would bury it).
 """
@@ -22,7 +23,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline import storage
-from pipeline.augment import centre_crop, random_crop_flip, ten_crop
+from pipeline.augment import crop_origin, mirror, ten_crop
+from pipeline.loader_layout import BatchLayout
 from pipeline.loader_plan import WorkerPlan, worker_plan
 from pipeline.loader_pool import BatchPool
 from pipeline.loader_tar import STREAM_BUFFER, ShardReadError, iter_samples, map_file
@@ -35,6 +37,7 @@ class EpochSpec:
     num_classes: int
     mode: str  # "train" (random crop + flip), "centre" or "ten_crop"
     crop: int
+    image_size: int  # the manifest's: images of this size are decoded in place
     seed: int
     epoch: int
     rank: int
@@ -76,15 +79,17 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
     pending: dict[int, tuple] = {}
     last_good = None
     slot = first_slot
-    shape = sample_shape(spec.mode, spec.crop)
-    scratch = np.empty(256 * 256 * 3, dtype=np.uint8)  # reused for every decode: no fresh pages per image
+    layout = batch_layout(spec)
+    scratch = np.empty(spec.image_size**2 * 3, dtype=np.uint8)  # ten crops decode here, reused: no fresh pages
     for batch_id, size in zip(plan.batch_ids[done:], plan.batch_sizes[done:]):
         lent = pool.slot_for(worker) if pool is not None else None
         if lent is not None:
-            images, payload = lent[1][:size], (worker, lent[0])
+            payload, buffer = (worker, lent[0]), lent[1]
         else:
-            payload = torch.empty((size, *shape), dtype=torch.uint8)  # NHWC
-            images = payload.numpy()
+            buffer = torch.empty(layout.nbytes, dtype=torch.uint8)
+            payload = layout.view(buffer, size)  # NHWC
+        images = layout.view(buffer, size).numpy()
+        target = (layout, buffer.numpy(), scratch)
         labels = np.empty(size, dtype=np.int64)
         bad = []
         for i in range(size):
@@ -96,7 +101,7 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
                 if wanted[got]:
                     pending[got] = item
             try:
-                labels[i] = _decode_into(spec, *pending.pop(ordinal), draws[slot], images[i], scratch)
+                labels[i] = _decode_into(spec, *pending.pop(ordinal), draws[slot], target, i, images[i])
             except ShardReadError as error:
                 if not spec.skip_bad:
                     raise
@@ -107,9 +112,8 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
         yield ("batch", batch_id, payload, labels, len(bad))
 
 
-def sample_shape(mode: str, crop: int) -> tuple[int, ...]:
-    """One sample's HWC uint8 shape in a batch: ten crops stacked for "ten_crop"."""
-    return (10, crop, crop, 3) if mode == "ten_crop" else (crop, crop, 3)
+def batch_layout(spec: EpochSpec) -> BatchLayout:
+    return BatchLayout.for_mode(spec.mode, spec.batch_size, spec.crop, spec.image_size)
 
 
 def _fill_bad(images: np.ndarray, labels: np.ndarray, bad: list[int], last_good, spec: EpochSpec):
@@ -168,23 +172,15 @@ def _open_shard(where: str) -> AbstractContextManager:
 
 
 def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | None, error: str | None,
-                 draws: list[float], out: np.ndarray, scratch: np.ndarray) -> int:
-    """Decode one sample into its batch slot; returns the label. Only .jpg and .cls are ever parsed."""
+                 draws: list[float], target: tuple[BatchLayout, np.ndarray, np.ndarray], index: int,
+                 out: np.ndarray) -> int:
+    """Decode sample `index` of the batch into `out` (its HWC view of the batch); returns the label.
+    Only .jpg and .cls are ever parsed."""
     if error is not None:
         raise ShardReadError(error)
     for ext in ("jpg", "cls"):
         if ext not in members:
             raise ShardReadError(f"{where}: sample {key} has no .{ext} member")
-    try:
-        try:
-            image = simplejpeg.decode_jpeg(members["jpg"], colorspace="RGB", buffer=scratch)  # HWC uint8
-        except ValueError:  # larger than the scratch buffer (or unreadable: then this raises again)
-            image = simplejpeg.decode_jpeg(members["jpg"], colorspace="RGB")
-    except (ValueError, RuntimeError) as failure:
-        raise ShardReadError(f"{where}: member {key}.jpg is not a readable JPEG ({failure})") from None
-    if min(image.shape[:2]) < spec.crop:
-        raise ShardReadError(f"{where}: member {key}.jpg is {image.shape[1]}x{image.shape[0]}, "
-                             f"smaller than the {spec.crop}-pixel crop")
     raw = bytes(members["cls"])
     try:
         label = int(raw)  # ASCII decimal, surrounding whitespace allowed
@@ -193,10 +189,33 @@ def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | N
     if not 0 <= label < spec.num_classes:
         raise ShardReadError(f"{where}: member {key}.cls holds {raw[:20]!r}, not a class index in "
                              f"[0, {spec.num_classes})")
-    if spec.mode == "train":
-        random_crop_flip(image, spec.crop, draws[0], draws[1], draws[2] < 0.5, out)
-    elif spec.mode == "centre":
-        centre_crop(image, spec.crop, out)
-    else:
+    layout, buffer, scratch = target
+    jpg, size = members["jpg"], spec.image_size
+    if spec.mode == "ten_crop":
+        image = _decode(where, key, jpg, scratch, spec.crop)
         ten_crop(image, spec.crop, out)
+        return label
+    crop_draws = draws[:2] if spec.mode == "train" else None
+    row, col = crop_origin(size, size, spec.crop, crop_draws)
+    image = _decode(where, key, jpg, layout.decode_target(buffer, index, row, col), spec.crop)
+    if image.shape[:2] != (size, size):  # not the manifest's size: then it was not decoded in place
+        row, col = crop_origin(*image.shape[:2], spec.crop, crop_draws)
+        out[...] = image[row:row + spec.crop, col:col + spec.crop].copy()  # (it may overlap `out`)
+    if spec.mode == "train" and draws[2] < 0.5:
+        mirror(out)
     return label
+
+
+def _decode(where: str, key: str | None, jpg, buffer: np.ndarray, crop: int) -> np.ndarray:
+    """JPEG -> HWC uint8 RGB, into `buffer` when it fits there."""
+    try:
+        try:
+            image = simplejpeg.decode_jpeg(jpg, colorspace="RGB", buffer=buffer)
+        except ValueError:  # larger than the buffer (or unreadable: then this raises again)
+            image = simplejpeg.decode_jpeg(jpg, colorspace="RGB")
+    except (ValueError, RuntimeError) as failure:
+        raise ShardReadError(f"{where}: member {key}.jpg is not a readable JPEG ({failure})") from None
+    if min(image.shape[:2]) < crop:
+        raise ShardReadError(f"{where}: member {key}.jpg is {image.shape[1]}x{image.shape[0]}, "
+                             f"smaller than the {crop}-pixel crop")
+    return image

@@ -238,7 +238,7 @@ def test_spawned_workers_give_the_in_process_batches(sharded_dataset):
     assert len(spawned) == len(in_process) > 1
     for (images, labels), (want_images, want_labels) in zip(spawned, in_process):
         assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
-        assert images.is_contiguous(memory_format=torch.channels_last)
+        assert images.stride(1) == 1 and images.stride(3) == 3  # NHWC memory (rows padded: loader_layout.py)
 
 
 # --- evaluation loaders ------------------------------------------------------------------------------
@@ -274,6 +274,51 @@ def test_ten_crop_patches_are_the_corner_centre_and_mirrored_slices(sharded_data
                     assert np.array_equal(crops[5 + i], patch[:, ::-1])
                 count += 1
     assert count == len(stored)
+
+
+def test_images_not_of_the_manifest_size_are_cropped_from_their_own_pixels(sharded_dataset, tmp_path):
+    """Images of the manifest's size are decoded in place (loader_layout.py); any other size takes the
+    copying path, and one smaller than the crop is named."""
+    folder = copy_split(sharded_dataset, "train", tmp_path / "data")
+    shard = folder / "train-000003.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    jpgs = [m.name for m, _ in members if m.name.endswith(".jpg")]
+    wide, small = jpgs[2], jpgs[5]
+    sources = {}
+    for name, size in ((wide, (300, 260)), (small, (300, 200))):
+        original = dict((m.name, d) for m, d in members)[name]
+        encoded = io.BytesIO()
+        Image.open(io.BytesIO(original)).convert("RGB").resize(size).save(encoded, "JPEG", quality=90)
+        sources[name] = encoded.getvalue()
+
+    def write(replace: set[str]) -> None:
+        with tarfile.open(shard, "w") as out:
+            for member, data in members:
+                data = sources[member.name] if member.name in replace else data
+                member.size = len(data)
+                out.addfile(member, io.BytesIO(data))
+
+    write({wide, small})
+    with pytest.raises(ShardReadError, match=rf"train-000003\.tar: member {small} is 300x200, smaller than the "
+                                              "224-pixel crop"):
+        list(TrainLoader(str(folder), 16, num_workers=2))
+
+    write({wide})
+    label = int(dict((m.name, d) for m, d in members)[wide.replace(".jpg", ".cls")])
+    source = np.asarray(Image.open(io.BytesIO(sources[wide])).convert("RGB"))
+    assert source.shape == (260, 300, 3)
+    seen = 0
+    for num_workers in (0, 2):
+        for images, labels in TrainLoader(str(folder), 16, num_workers=num_workers, seed=4):
+            for patch, got in zip(nhwc(images), labels.tolist()):
+                if got == label:
+                    assert find_patch(source, patch) is not None
+                    seen += 1
+    assert seen == 2
+    (images, labels), = [b for b in EvalLoader(str(folder), 317, split="train", num_workers=1)]
+    centre = nhwc(images)[labels.tolist().index(label)]
+    assert np.array_equal(centre, source[18:242, 38:262])
 
 
 # --- bad shards --------------------------------------------------------------------------------------

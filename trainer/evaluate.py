@@ -72,7 +72,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     model.load_state_dict(state["model"])
     transform = BatchTransform(state["stats"], pca_std=0.0)
     loader = EvalLoader(data, batch_size, ten_crop=ten_crop, split=split, crop=config["crop"],
-                        num_workers=num_workers)
+                        num_workers=num_workers, pin_memory=devices[0].startswith("cuda"))
     result = errors_from_totals(eval_totals(model, loader, transform, devices[0], ten_crop))
     result.update(checkpoint=str(checkpoint), data=data, split=split, crops=10 if ten_crop else 1,
                   epoch=state["epoch"], step=state["step"])

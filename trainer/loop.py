@@ -137,7 +137,8 @@ def train_worker(params: dict) -> None:
         # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
         val = errors_from_totals(_sum_over_ranks(
             eval_totals(model, EvalLoader(config.data, config.eval_batch_size, rank=rank, world_size=world,
-                                          crop=config.crop, num_workers=config.loader_workers),
+                                          crop=config.crop, num_workers=config.loader_workers,
+                                          pin_memory=config.gpus_per_worker > 0),
                         plain, devices[0]), world))
         train = _sum_over_ranks(train_totals.cpu(), world)
         decision = schedule.step(val["top1_error"])
