@@ -13,12 +13,15 @@ too, but on a shared machine they measure the neighbours). Ratios against
 The loader itself reads the tar shards from disk (memory-mapped; page cache after the first pass) and
 includes tar parsing, label parsing, crop, flip, batching and, with workers, handing each batch to the main
 process (whose CPU counts too). An epoch links each shard `--copies` times so that starting worker
-processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. The Pillow
-pipeline runs on every 8th image (it is 5x slower; its rate per core does not depend on the count).
+processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. Decode-only
+and Pillow runs are shorter: `--copies / 4` passes over the source split's bytes (Pillow on every 8th
+image); a rate per core does not depend on the count.
 
-Rounds run every variant once, in turn. On a shared machine a variant's rate swings by 10-25% from
-one minute to the next, so ratios are taken within a round (against that round's decode-only and
-Pillow rates) and the median over rounds is reported, with the lowest and highest.
+On a shared machine a variant's rate swings by 10-25% from one minute to the next, with the
+neighbours' load. So each round runs decode-only, Pillow, then every loader row followed by another
+decode-only run, and a loader row's ratio is taken against the mean of the decode-only runs just
+before and just after it (seconds away); the median over rounds is reported, with the lowest and
+highest.
 """
 
 from __future__ import annotations
@@ -82,21 +85,19 @@ def run_pillow(dataset: str, epochs: int, batch_size: int, workers: int) -> int:
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     rng = random.Random(0)
     start, cpu = time.perf_counter(), cpu_seconds()
-    count = 0
-    for _ in range(epochs):
-        batch = []
-        for item in data:
-            image = Image.open(io.BytesIO(item)).convert("RGB")
-            x, y = rng.randint(0, image.width - 224), rng.randint(0, image.height - 224)
-            image = image.crop((x, y, x + 224, y + 224))
-            if rng.random() < 0.5:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-            batch.append((tensor - mean) / std)
-            if len(batch) == batch_size:
-                torch.stack(batch)
-                count += len(batch)
-                batch = []
+    count, batch = 0, []
+    for n, item in enumerate(data * epochs, 1):
+        image = Image.open(io.BytesIO(item)).convert("RGB")
+        x, y = rng.randint(0, image.width - 224), rng.randint(0, image.height - 224)
+        image = image.crop((x, y, x + 224, y + 224))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+        batch.append((tensor - mean) / std)
+        if len(batch) == batch_size or n == len(data) * epochs:  # the last batch may be short
+            torch.stack(batch)
+            count += len(batch)
+            batch = []
     return count, time.perf_counter() - start, cpu_seconds() - cpu
 
 
@@ -164,39 +165,58 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=64, help="each shard appears this many times in an epoch")
     parser.add_argument("--batch-size", type=int, default=128, help="the paper's and `alexnet train`'s default")
     parser.add_argument("--workers", type=int, default=2, help="loader workers for the multi-process row")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         one_variant(args)
         return
 
-    rows = {"decode": ("decode", 0), "pillow": ("pillow", 0), "loader, in-process": ("loader", 0),
-            "loader, 1 worker": ("loader", 1), f"loader, {args.workers} workers": ("loader", args.workers)}
-    results: dict[str, list[dict]] = {row: [] for row in rows}
+    loaders = {"loader, in-process": 0, "loader, 1 worker": 1, f"loader, {args.workers} workers": args.workers}
+    runs: dict[str, list[dict]] = {row: [] for row in ("decode", "pillow", *loaders)}
+    vs_decode: dict[str, list[float]] = {row: [] for row in runs}
+    vs_pillow: dict[str, list[float]] = {row: [] for row in runs}
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as scratch:
-        dataset = repeat_dataset(args.dataset or build_dataset(Path(scratch)), args.copies, Path(scratch))
+        source = args.dataset or build_dataset(Path(scratch))
+        dataset = repeat_dataset(source, args.copies, Path(scratch))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+        def run(variant: str, workers: int = 0) -> dict:
+            # decode and Pillow read the source split's bytes, each pass over it a quarter of the loader's
+            folder, epochs = (dataset, args.epochs) if variant == "loader" else (source, max(args.copies // 4, 1))
+            command = [sys.executable, __file__, "--only", variant, "--dataset", folder, "--epochs", str(epochs),
+                       "--batch-size", str(args.batch_size), "--workers", str(workers)]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env,
+                                               cwd=ROOT).stdout.strip().splitlines()[-1])
+            result["rate"] = result["images"] / result["cpu_seconds"]  # images per CPU-second = per core
+            result["wall"] = result["images"] / result["seconds"]
+            return result
+
         for _ in range(args.rounds):
-            for row, (variant, workers) in rows.items():
-                command = [sys.executable, __file__, "--only", variant, "--dataset", dataset, "--epochs",
-                           str(args.epochs), "--batch-size", str(args.batch_size), "--workers", str(workers)]
-                result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env,
-                                                   cwd=ROOT).stdout.strip().splitlines()[-1])
-                result["rate"] = result["images"] / result["cpu_seconds"]  # images per CPU-second = per core
-                result["wall"] = result["images"] / result["seconds"]
-                results[row].append(result)
+            before = run("decode")
+            runs["decode"].append(before)
+            pillow = run("pillow")
+            runs["pillow"].append(pillow)
+            vs_decode["pillow"].append(pillow["rate"] / before["rate"])
+            vs_pillow["decode"].append(before["rate"] / pillow["rate"])
+            for row, workers in loaders.items():
+                loader, after = run("loader", workers), run("decode")
+                runs[row].append(loader)
+                runs["decode"].append(after)
+                vs_decode[row].append(loader["rate"] / ((before["rate"] + after["rate"]) / 2))
+                vs_pillow[row].append(loader["rate"] / pillow["rate"])
+                before = after
+    vs_decode["decode"], vs_pillow["pillow"] = [1.0], [1.0]
     print(f"{'variant':20s} {'img/s/core':>10s} {'vs decode (min-max)':>20s} {'vs pillow':>9s} {'wall img/s':>10s}"
           "  peak RSS MiB")
-    for row, runs in results.items():
-        vs_decode = [run["rate"] / base["rate"] for run, base in zip(runs, results["decode"])]
-        vs_pillow = [run["rate"] / base["rate"] for run, base in zip(runs, results["pillow"])]
-        peak = max(run["peak_mib"] for run in runs)
-        child = max(run["peak_child_mib"] for run in runs)
-        memory = f"{peak:.0f}" + (f" + {child:.0f} per worker" if rows[row][1] else "")
-        print(f"{row:20s} {median(run['rate'] for run in runs):10.0f} {median(vs_decode):9.2f} "
-              f"({min(vs_decode):.2f}-{max(vs_decode):.2f}) {median(vs_pillow):9.2f} "
-              f"{median(run['wall'] for run in runs):10.0f}  {memory}")
+    for row, results in runs.items():
+        ratios = vs_decode[row]
+        peak = max(result["peak_mib"] for result in results)
+        child = max(result["peak_child_mib"] for result in results)
+        memory = f"{peak:.0f}" + (f" + {child:.0f} per worker" if loaders.get(row) else "")
+        print(f"{row:20s} {median(r['rate'] for r in results):10.0f} {median(ratios):9.2f} "
+              f"({min(ratios):.2f}-{max(ratios):.2f}) {median(vs_pillow[row]):9.2f} "
+              f"{median(r['wall'] for r in results):10.0f}  {memory}")
 
 
 if __name__ == "__main__":
