@@ -13,7 +13,9 @@ too, but on a shared machine they measure the neighbours). Ratios against
 The loader itself reads the tar shards from disk (memory-mapped; page cache after the first pass) and
 includes tar parsing, label parsing, crop, flip, batching and, with workers, handing each batch to the main
 process (whose CPU counts too). An epoch links each shard `--copies` times so that starting worker
-processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs. Decode-only
+processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs; a short
+untimed pass first leaves out what happens once per loader (its batch memory's first page faults),
+as a week-long run does. Decode-only
 and Pillow runs are shorter: `--copies / 4` passes over the source split's bytes (Pillow on every 8th
 image); a rate per core does not depend on the count.
 
@@ -105,9 +107,12 @@ def run_loader(dataset: str, epochs: int, batch_size: int, workers: int) -> int:
     from pipeline.loader import TrainLoader
 
     loader = TrainLoader(dataset, batch_size, num_workers=workers)
+    for n, _ in enumerate(loader):  # a short first pass: one-time costs (the batch memory's first pages)
+        if n == 8:                  # are not measured, what every epoch costs (starting workers...) is
+            break
     start, cpu = time.perf_counter(), cpu_seconds()
     count = 0
-    for epoch in range(epochs):
+    for epoch in range(1, epochs + 1):
         loader.set_epoch(epoch)
         for images, _ in loader:
             count += images.shape[0]
