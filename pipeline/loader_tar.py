@@ -104,8 +104,8 @@ class _Archive:
 
     def __init__(self, source: Source, where: str, buffer: bytearray | None):
         self.where = where
-        self.last = b""  # named in errors: the name of the last member read
-        self.truncated = ""  # the error for a member the archive ends inside
+        self.last = b""  # named in errors: the name of the last member read (the reader sets long names)
+        self.cut = (0, 0)  # (bytes present, size) of a member the archive ends inside
         if hasattr(source, "readinto"):
             self.stream = source
             self._use(buffer if buffer is not None else bytearray(STREAM_BUFFER), 0)
@@ -121,10 +121,14 @@ class _Archive:
     def _after(self) -> str:
         return _text(self.last) if self.last else "the archive's first member"
 
+    def _truncated(self) -> ShardReadError:
+        have, size = self.cut
+        return ShardReadError(f"{self.where}: truncated inside member {_text(self.last)} ({have} of {size} bytes)")
+
     def take(self, at: int, size: int) -> bytes | memoryview:
         """A member's data: a view into a mapped shard, a copy out of a stream's reused buffer."""
         if at + size > self.end:  # the archive ends inside this member
-            raise ShardReadError(self.truncated)
+            raise self._truncated()
         if self.stream is None:
             return self.view[at:at + size]
         return bytes(self.view[at:at + size])
@@ -173,11 +177,12 @@ class _Archive:
                 header = bytes(self.view[self.at:self.at + BLOCK])
                 size = _size(header[124:136])  # header checked by _walk
                 if not self._fill(BLOCK + size + (-size % BLOCK)):
-                    self.truncated = (f"{self.where}: truncated inside member {_text(header[:100])} "
-                                      f"({max(self.end - self.at - BLOCK, 0)} of {size} bytes)")
-                    if header[156] in REGULAR:  # its name may be all the caller still needs
-                        yield [(self.at, size)]
-                    raise ShardReadError(self.truncated)
+                    self.cut = (max(self.end - self.at - BLOCK, 0), size)
+                    if header[156] in REGULAR:  # its name may be all the caller still needs (who then
+                        yield [(self.at, size)]  # sets self.last to it: a pax or GNU long name too)
+                    else:
+                        self.last = header[:100].split(b"\0", 1)[0]
+                    raise self._truncated()
             elif stop == "checksum":
                 raise ShardReadError(f"{self.where}: corrupt tar header (bad checksum) after {self._after()}")
             else:

@@ -97,6 +97,16 @@ def test_truncation_anywhere_names_shard_and_member(tmp_path):
     for source in sources(archive[:members["s3.jpg"].offset + 100], tmp_path):
         with pytest.raises(ShardReadError, match=r"shard\.tar: truncated in the header after s2\.json"):
             list(iter_samples(source, "shard.tar", 0, 4))
+    # a member with a long name (ustar prefix, GNU or pax header) is named by its whole name
+    long = "d" * 60 + "/" + "e" * 140 + "/s1"
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        folder = long.replace("e" * 140, "e" * 50) if fmt == tarfile.USTAR_FORMAT else long
+        named = write_archive(fmt, [("s0", {"jpg": b"x", "cls": b"0"}), (folder, {"jpg": os.urandom(3000)})])
+        with tarfile.open(fileobj=io.BytesIO(named)) as tar:
+            offset = tar.getmember(f"{folder}.jpg").offset_data
+        for source in sources(named[:offset + 1000], tmp_path):
+            with pytest.raises(ShardReadError, match=rf"truncated inside member {folder}\.jpg \(1000 of 3000 bytes\)"):
+                list(iter_samples(source, "shard.tar", 0, 2, bytearray(1024)))
     # samples wholly before the damage read fine: the reader stops at `stop` without meeting it
     for source in sources(archive[:members["s2.jpg"].offset_data + 1000], tmp_path):
         assert [key for _, key, _ in iter_samples(source, "shard.tar", 0, 2, bytearray(1024))] == ["s0", "s1"]
