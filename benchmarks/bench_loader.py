@@ -15,9 +15,8 @@ includes tar parsing, label parsing, crop, flip, batching and, with workers, han
 process (whose CPU counts too). An epoch links each shard `--copies` times so that starting worker
 processes (~0.1-0.2 s of CPU per epoch) weighs as little as on ImageNet's long epochs; a short
 untimed pass first leaves out what happens once per loader (its batch memory's first page faults),
-as a week-long run does. Decode-only
-and Pillow runs are shorter: `--copies / 4` passes over the source split's bytes (Pillow on every 8th
-image); a rate per core does not depend on the count.
+as a week-long run does. Decode-only and Pillow runs are shorter: `--copies / 4` passes over the
+source split's bytes (Pillow on every 8th image); a rate per core does not depend on the count.
 
 On a shared machine a variant's rate swings by 10-25% from one minute to the next, with the
 neighbours' load. So each round runs decode-only, Pillow, then every loader row followed by another
@@ -107,8 +106,8 @@ def run_loader(dataset: str, epochs: int, batch_size: int, workers: int) -> int:
     from pipeline.loader import TrainLoader
 
     loader = TrainLoader(dataset, batch_size, num_workers=workers)
-    for n, _ in enumerate(loader):  # a short first pass: one-time costs (the batch memory's first pages)
-        if n == 8:                  # are not measured, what every epoch costs (starting workers...) is
+    for n, _ in enumerate(loader):  # a short untimed pass: one-time costs (the batch memory's first
+        if n == 8:                  # pages) stay out; what every epoch costs (starting workers...) is in
             break
     start, cpu = time.perf_counter(), cpu_seconds()
     count = 0

@@ -5,9 +5,9 @@ decodes each sample only when it is due in the seeded order, straight into its p
 (pipeline/loader_layout.py), and yields ("batch", batch number, images, labels, replaced). In a worker
 process the batch buffer is normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and
 `images` is (worker, slot); in-process, or when the caller holds all the worker's slots, it is an NHWC
-tensor (a view of a fresh buffer in that layout). A shard that
-cannot be read ends the stream with ("error", message): the main process re-raises it with that
-message (a DataLoader traceback would bury it).
+tensor (a view of a fresh buffer in that layout). A shard that cannot be read ends the stream with
+("error", message): the main process re-raises it with that message (a DataLoader traceback would
+bury it).
 """
 
 from __future__ import annotations
