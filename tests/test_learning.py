@@ -1,4 +1,4 @@
-"""Small models learn: the trainer's acceptance test on the shared images, through the real CLI and Ray.
+"""Small models learn: the trainer's acceptance test on real photographs, through the real CLI and Ray.
 
 Many classes with one image each, every image repeated REPEATS times in its class folder, so the only
 variety is the loader's augmentation (random crop, flip, PCA colour noise). A narrow AlexNet with the
