@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SAMPLE_IMAGES = SHARED_DATA / "imagenet-sample"
+IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
 BIN = Path(sys.executable).parent
 
 
@@ -62,10 +62,10 @@ def sample_images() -> Path:
 @pytest.fixture(scope="session")
 def imagenet_sample() -> Path:
     """ImageNet's own images, for the few tests about them; a clone without the shared set skips those."""
-    if not SAMPLE_IMAGES.is_dir():
-        pytest.skip(f"needs the shared ImageNet sample {SAMPLE_IMAGES}, absent here "
+    if not IMAGENET_SAMPLE.is_dir():
+        pytest.skip(f"needs the shared ImageNet sample {IMAGENET_SAMPLE}, absent here "
                     "(set ALEXNET_SHARED_DATA to the folder that holds imagenet-sample)")
-    return SAMPLE_IMAGES
+    return IMAGENET_SAMPLE
 
 
 @pytest.fixture(scope="session")

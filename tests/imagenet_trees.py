@@ -1,5 +1,5 @@
 """Build ImageNet-shaped trees in a temporary folder from real images named `<synset>_<words>.JPEG`,
-one image per class: the suite's photographs (`photos.sample_files()`), or ImageNet's own sample.
+one image per class: the suite's photographs (`photos.sample_files()`).
 
 - `class_tree`: `train/<synset>/<synset>_<n>.JPEG`, n copies or variants per class;
 - `flat_val`: `val/ILSVRC2012_val_<8 digits>.JPEG` plus a label file in one of the three forms users
