@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SAMPLE_IMAGES = SHARED_DATA / "imagenet-sample"
+IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
 BIN = Path(sys.executable).parent
 
 
@@ -52,9 +52,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
 
 @pytest.fixture(scope="session")
 def sample_images() -> Path:
-    if not SAMPLE_IMAGES.is_dir():
-        pytest.fail(f"shared test images not found at {SAMPLE_IMAGES} (set ALEXNET_SHARED_DATA)")
-    return SAMPLE_IMAGES
+    """The suite's real photographs as a folder of `<synset>_<photo>.JPEG` (tests/photos.py): present in
+    any clone, so the tests that use them run everywhere."""
+    from photos import sample_folder
+
+    return sample_folder()
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    """ImageNet's own images, for the few tests about them; a clone without the shared set skips those."""
+    if not IMAGENET_SAMPLE.is_dir():
+        pytest.skip(f"needs the shared ImageNet sample {IMAGENET_SAMPLE}, absent here "
+                    "(set ALEXNET_SHARED_DATA to the folder that holds imagenet-sample)")
+    return IMAGENET_SAMPLE
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +178,7 @@ def dashboard_url(ray_head) -> str:
 
 @pytest.fixture(scope="session")
 def sharded_dataset(ray_head, sample_images, tmp_path_factory) -> str:
-    """A dataset folder: `train` = all 317 shared images as one-image classes (shard size 40: 8 shards,
+    """A dataset folder: `train` = all 317 sample photographs as one-image classes (shard size 40: 8 shards,
     the last short); `val` = 60 flipped/cropped re-encodings of every 5th image, a flat folder with a
     `file,synset` CSV (shard size 16: 4 shards, the last short). Class indices = sorted synsets."""
     from imagenet_trees import class_tree, flat_val, sample_files
@@ -185,7 +196,7 @@ def sharded_dataset(ray_head, sample_images, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def small_dataset(ray_head, sample_images, tmp_path_factory) -> str:
-    """A small dataset for fast training tests: 10 classes (every 31st shared image); `train` = 12 crops/
+    """A small dataset for fast training tests: 10 classes (every 31st sample photograph); `train` = 12 crops/
     flips/re-encodings per class (120 samples, shard size 16), `val` = 4 other variants per class
     (40 samples, shard size 8), flat folder with a CSV."""
     from imagenet_trees import class_tree, flat_val, sample_files

@@ -1,5 +1,5 @@
-"""Build ImageNet-shaped trees in a temporary folder from the shared real images
-(../shared/data/imagenet-sample, `<synset>_<words>.JPEG`, one image per class).
+"""Build ImageNet-shaped trees in a temporary folder from real images named `<synset>_<words>.JPEG`,
+one image per class: the suite's photographs (`photos.sample_files()`).
 
 - `class_tree`: `train/<synset>/<synset>_<n>.JPEG`, n copies or variants per class;
 - `flat_val`: `val/ILSVRC2012_val_<8 digits>.JPEG` plus a label file in one of the three forms users
@@ -14,20 +14,13 @@ reproducible.
 from __future__ import annotations
 
 import io
-import os
 import random
 import tarfile
 from pathlib import Path
 
 from PIL import Image
 
-SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SAMPLE_IMAGES = SHARED_DATA / "imagenet-sample"
-
-
-def sample_files() -> list[Path]:
-    """The shared images, sorted by name (so by synset)."""
-    return sorted(SAMPLE_IMAGES.glob("*.JPEG"))
+from photos import sample_files  # noqa: F401  (the tests' source of images, re-exported)
 
 
 def synset_of(image: Path) -> str:

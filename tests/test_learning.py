@@ -1,10 +1,11 @@
-"""Small models learn: the trainer's acceptance test on the shared images, through the real CLI and Ray.
+"""Small models learn: the trainer's acceptance test on real photographs, through the real CLI and Ray.
 
 Many classes with one image each, every image repeated REPEATS times in its class folder, so the only
 variety is the loader's augmentation (random crop, flip, PCA colour noise). A narrow AlexNet with the
 paper's init (N(0, 0.01), biases 1) sits at ln(classes) here (the image signal vanishes against the constant
 biases); with the default width-scaled init and Caffe's 0.1 positive bias its training loss must fall
-well below ln(classes) (measured outside Ray on these images, batch 16: loss 0.81 at step 100).
+well below ln(classes) (on the sample photographs, several classes crops of one photograph: mean loss 1.08
+over steps 111-120 against the bound 1.59, last epoch's train top-1 error 0.36).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TrainLoader / EvalLoader on real shards written by `alexnet shard` from the shared images.
+"""TrainLoader / EvalLoader on real shards written by `alexnet shard` from the sample photographs.
 
 Samples are identified independently of the loader: the `sharded_dataset` train split has one image per
 class, so a label names a sample; stored images are read back with `tarfile` and decoded with Pillow.

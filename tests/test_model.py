@@ -13,7 +13,8 @@ from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from pipeline.errors import UserError
-from conftest import SAMPLE_IMAGES, run_cli
+from conftest import run_cli
+from photos import sample_files
 from trainer.model import AlexNet, GroupedAlexNet, PaperLRN
 from trainer.summary import format_summary, model_summary
 
@@ -26,8 +27,8 @@ PAPER_SHAPES = {"conv1": [96, 55, 55], "pool1": [96, 27, 27], "conv2": [256, 27,
 
 
 def real_batch(count: int, size: int = 224) -> torch.Tensor:
-    """Real ImageNet images, float NCHW on the 0-255 scale, batch mean subtracted per channel."""
-    files = sorted(SAMPLE_IMAGES.glob("*.JPEG"))[:count]
+    """Real photographs, float NCHW on the 0-255 scale, batch mean subtracted per channel."""
+    files = sample_files()[:count]
     images = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files]
     batch = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float()
     return batch - batch.mean(dim=(0, 2, 3), keepdim=True)

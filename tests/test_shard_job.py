@@ -1,4 +1,4 @@
-"""`alexnet shard` end to end: the real CLI, a real Ray head, real shared images, real S3 (moto)."""
+"""`alexnet shard` end to end: the real CLI, a real Ray head, real photographs, real S3 (moto)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,6 @@ def test_stats_equal_numpy_over_the_stored_images(sharded_dataset):
     np.testing.assert_allclose(stats["eigenvalues"], values[::-1], rtol=1e-7)
     for j in range(3):  # eigenvectors up to sign
         assert abs(abs(np.dot(np.array(stats["eigenvectors"])[:, j], vectors[:, 2 - j])) - 1) < 1e-6
-    assert 0.15 < stats["eigenvalues"][0] / 255**2 < 0.25  # ImageNet-like on the [0, 1] scale
 
 
 @pytest.mark.slow
