@@ -207,21 +207,26 @@ def plateau_run(small_dataset, ray_head, tmp_path_factory) -> str:
     return str(folder / "runs" / "plateau")
 
 
+def lrs_equal(values) -> object:
+    """pytest.approx for lrs of 1e-20 and less: its default absolute tolerance (1e-12) would accept any."""
+    return pytest.approx(values, rel=1e-9, abs=0)
+
+
 def test_plateaus_reduce_the_lr_three_times_then_stop(plateau_run):
-    lrs = [1e-20, 1e-21, 1e-22, 1e-23, 1e-23]  # the lr each epoch trains with
     epochs = records(plateau_run, "epoch")
     assert [e["decision"] for e in epochs] == ["continue", "reduce", "reduce", "reduce", "stop"]
-    assert [e["lr"] for e in epochs] == pytest.approx([*lrs[1:], 1e-23], rel=1e-9)  # the lr after each epoch
+    assert [e["lr"] for e in epochs] == lrs_equal([1e-20, 1e-21, 1e-22, 1e-23, 1e-23])  # after each epoch
     steps = records(plateau_run, "step")  # the optimiser's lr at every step: the reductions reached it
     assert [(s["epoch"], s["step"]) for s in steps] == [(e, 2 * e + n) for e in range(5) for n in (1, 2)]
-    assert [s["lr"] for s in steps] == pytest.approx([lr for lr in lrs for _ in (1, 2)], rel=1e-9)
+    trained_with = [1e-20, 1e-20, 1e-21, 1e-22, 1e-23]  # epoch e trains with the lr set after epoch e - 1
+    assert [s["lr"] for s in steps] == lrs_equal([lr for lr in trained_with for _ in (1, 2)])
     end = records(plateau_run, "end")[-1]
     assert (end["step"], end["epochs"], end["reason"]) == (10, 5, "schedule")
 
     state = final_state(plateau_run)
     assert (state["epoch"], state["step"]) == (5, 10)
-    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([1e-23] * 2, rel=1e-9)
-    assert state["schedule"]["reductions"] == [1, 2, 3] and state["schedule"]["lr"] == pytest.approx(1e-23)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == lrs_equal([1e-23] * 2)
+    assert state["schedule"]["reductions"] == [1, 2, 3] and state["schedule"]["lr"] == lrs_equal(1e-23)
     json.dumps(state["schedule"], allow_nan=False)
 
 
@@ -237,7 +242,9 @@ def test_training_batches_carry_colour_noise_and_validation_batches_do_not(plate
     from trainer.model import AlexNet
 
     state = final_state(plateau_run)
-    model = AlexNet(state["num_classes"], "paper", ("cpu", "cpu"), width=0.25, dropout=0.0)
+    config = state["config"]
+    model = AlexNet(state["num_classes"], config["variant"], ("cpu", "cpu"), width=config["width"],
+                    dropout=config["dropout"])
     model.load_state_dict(state["model"])
     plain = BatchTransform(state["stats"], pca_std=0.0)
     with torch.no_grad():
