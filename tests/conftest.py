@@ -2,6 +2,12 @@
 
 Ray 2.60's `ray.init()` turns token auth on by default; tests pin it off so that every process they
 start (the CLI, Ray workers) agrees. Tests that need auth set it explicitly.
+
+The code under test is this checkout, whatever else is installed: the environment's editable install
+(or a PYTHONPATH left over) may point at another checkout, and the `alexnet` console script and every
+Ray process would then run that other code while the test process imports this one. So before
+anything starts, this checkout goes first on sys.path and in PYTHONPATH, which the CLI subprocesses
+and the session's Ray head (hence its workers) inherit (tests/test_harness.py checks it).
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+_elsewhere = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *_elsewhere])
+sys.path.insert(0, str(ROOT))
+
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Keep torch/numpy from oversubscribing the 2 CI cores when Ray runs several workers.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
 BIN = Path(sys.executable).parent

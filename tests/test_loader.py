@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.loader import EvalLoader, ShardReadError, TrainLoader
-from pipeline.loader_plan import worker_plan
+from pipeline.loader_plan import shard_order, worker_plan
 
 
 def stored_samples(dataset: str, split: str) -> list[tuple[str, str, np.ndarray, int]]:
@@ -409,3 +409,44 @@ def test_streams_from_s3_and_matches_local(small_dataset, s3_bucket):
     assert len(remote) == len(local) == 7
     for (images, labels), (want_images, want_labels) in zip(remote, local):
         assert labels.tolist() == want_labels.tolist() and np.array_equal(images.numpy(), want_images.numpy())
+
+
+# --- issue 18: what an epoch leaves out, and every crop offset -----------------------------------------
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_samples_left_out_of_an_epoch_change_with_the_epoch(sharded_dataset):
+    """317 samples, 2 ranks x batch 32: 61 are left out of each epoch. They sit at the end of the epoch's
+    shard order, so a shard order that ignored the epoch would leave out the same 61 every epoch."""
+    shard_of = {label: shard for shard, _, _, label in stored_samples(sharded_dataset, "train")}
+    left_out = []
+    for epoch in (0, 1, 2):
+        seen = []
+        for rank in range(2):
+            loader = TrainLoader(sharded_dataset, 32, rank=rank, world_size=2, seed=7, num_workers=2)
+            loader.set_epoch(epoch)
+            seen += [label for _, labels in loader for label in labels.tolist()]
+        assert len(seen) == len(set(seen)) == 256
+        left_out.append(set(shard_of) - set(seen))
+    assert [len(s) for s in left_out] == [61] * 3
+    assert len({frozenset(s) for s in left_out}) == 3  # each epoch leaves out others
+    shards = [sorted({shard_of[label] for label in s}) for s in left_out]
+    assert len({tuple(s) for s in shards}) > 1, shards  # ...from other shards: the shard order moved
+    orders = {tuple(shard_order(8, 7, epoch, shuffle=True)) for epoch in range(5)}
+    assert len(orders) == 5
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_training_crops_take_every_offset(sharded_dataset):
+    """The 224 crop of a 256 image may start at any of rows and columns 0..32 (33 values each); a
+    range one short never reaches 32. A 255 crop has only offsets 0 and 1: both must occur."""
+    sources = {label: image for _, _, image, label in stored_samples(sharded_dataset, "train")}
+    for crop, batches in ((224, None), (255, 1)):
+        rows, cols = set(), set()
+        for n, (images, labels) in enumerate(TrainLoader(sharded_dataset, 32, num_workers=2, crop=crop, seed=5)):
+            if batches is not None and n >= batches:
+                break
+            for patch, label in zip(nhwc(images), labels.tolist()):
+                row, col, flipped = find_patch(sources[label], patch)
+                rows.add(row)
+                cols.add(256 - crop - col if flipped else col)  # the column in the unmirrored image
+        assert rows == cols == set(range(256 - crop + 1)), (crop, sorted(rows), sorted(cols))

@@ -53,3 +53,33 @@ def test_fresh_state_dict_is_json_safe():
     import json
 
     json.dumps(PlateauSchedule(0.01).state_dict())
+
+
+# --- issue 18: a flat epoch right after a reduction; the state dict as strict JSON ---------------------
+
+def test_a_flat_epoch_right_after_a_reduction_starts_a_new_count():
+    # patience 2: the count of epochs without improvement restarts at each reduction, so the flat epoch
+    # right after one is the first of a new plateau (not a third bad epoch that reduces again)
+    schedule, decisions = run([0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6], patience=2, threshold=0.001)
+    assert decisions == ["continue", "continue", "reduce", "continue", "reduce", "continue", "reduce"]
+    assert schedule.reductions == [2, 4, 6] and schedule.bad_epochs == 0
+    # patience 3, then an improvement in the middle of the new count: the count restarts there
+    schedule, decisions = run([0.5, 0.5, 0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4], patience=3, threshold=0.001)
+    assert decisions == ["continue"] * 3 + ["reduce"] + ["continue"] * 4 + ["reduce"]
+    assert schedule.reductions == [3, 8] and schedule.best_epoch == 5
+
+
+def test_state_dict_is_strict_json_before_and_after_improvements():
+    import json
+
+    schedule = PlateauSchedule(0.01, patience=1)
+    states = [schedule.state_dict()]  # nothing seen yet: no best error
+    for error in (0.9, 0.8, 0.85):
+        schedule.step(error)
+        states.append(schedule.state_dict())
+    for state in states:
+        assert json.loads(json.dumps(state, allow_nan=False)) == state  # no Infinity / NaN tokens
+    assert states[0]["best_error"] is None and states[-1]["best_error"] == 0.8
+    restored = PlateauSchedule(0.01, patience=1)
+    restored.load_state_dict(json.loads(json.dumps(states[0], allow_nan=False)))
+    assert restored.step(0.95) == "continue" and restored.best_error == 0.95  # the first epoch improves

@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import alexnet_cmd, run_cli
 from imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
 from pipeline.shards import read_manifest
-from pipeline.stats import read_stats
+from pipeline.stats import add_moments, empty_moments, image_moments, read_stats, stats_from_moments
 
 
 def _read_shard(path: Path) -> list[tuple[str, bytes, int, dict]]:
@@ -105,12 +105,35 @@ def test_stats_equal_numpy_over_the_stored_images(sharded_dataset):
     stats = read_stats(sharded_dataset)
     assert stats["pixel_count"] == len(x) == 317 * 256 * 256
     np.testing.assert_allclose(stats["mean_rgb"], mean, rtol=1e-9)
-    np.testing.assert_allclose(stats["std_rgb"], np.sqrt(np.diag(covariance)), rtol=1e-7)
-    np.testing.assert_allclose(stats["covariance_rgb"], covariance, rtol=1e-7)
+    # both agree to ~1e-14; 1e-10 is far tighter than the 1/(N-1) = 5e-8 of a sample covariance
+    np.testing.assert_allclose(stats["std_rgb"], np.sqrt(np.diag(covariance)), rtol=1e-10)
+    np.testing.assert_allclose(stats["covariance_rgb"], covariance, rtol=1e-10)
     values, vectors = np.linalg.eigh(covariance)
-    np.testing.assert_allclose(stats["eigenvalues"], values[::-1], rtol=1e-7)
+    np.testing.assert_allclose(stats["eigenvalues"], values[::-1], rtol=1e-10)
     for j in range(3):  # eigenvectors up to sign
         assert abs(abs(np.dot(np.array(stats["eigenvectors"])[:, j], vectors[:, 2 - j])) - 1) < 1e-6
+
+
+def test_stats_are_population_moments_of_few_pixels():
+    """Over 3 x 35 pixels the sample covariance (divisor N - 1) is ~1% larger than the population one
+    (divisor N) that stats.json holds: a tolerance far tighter than that tells the two apart, as the
+    whole-dataset test above cannot (there 1/(N-1) is 5e-8)."""
+    patches = []
+    for image in sample_files()[:3]:  # real pixels, decoded with Pillow
+        with Image.open(image) as img:
+            patches.append(np.asarray(img.convert("RGB"))[40:45, 60:67])
+    total = empty_moments()
+    for patch in patches:  # one moment record per image, summed as the shard tasks' are
+        total = add_moments(total, image_moments(patch))
+    stats = stats_from_moments(total)
+    x = np.concatenate([p.reshape(-1, 3) for p in patches]).astype(np.float64)
+    assert stats["pixel_count"] == len(x) == 105
+    population, sample = np.cov(x, rowvar=False, bias=True), np.cov(x, rowvar=False, ddof=1)
+    np.testing.assert_allclose(stats["mean_rgb"], x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["covariance_rgb"], population, rtol=1e-9)
+    np.testing.assert_allclose(stats["std_rgb"], x.std(axis=0), rtol=1e-9)
+    assert not np.allclose(stats["covariance_rgb"], sample, rtol=1e-3, atol=0)
+    np.testing.assert_allclose(stats["eigenvalues"], np.linalg.eigvalsh(population)[::-1], rtol=1e-9)
 
 
 @pytest.mark.slow

@@ -186,3 +186,78 @@ def test_clear_errors_before_any_worker_starts(reference, small_dataset, ray_hea
     result = run_cli(*train_args(small_dataset, "reference", os.path.dirname(reference), tiny_config, ray_head),
                      "--set", "width=0.5", check=False, timeout=60)
     assert result.returncode == 2 and "width: 0.25 -> 0.5" in result.stderr and "--fresh" in result.stderr
+
+
+# --- issue 18: a run forced into plateaus, and what its batches carry -----------------------------------
+# No epoch can improve by more than threshold 1 (errors are in [0, 1]), so with patience 1 every epoch
+# after the first is a plateau: the lr is divided by 10 after epochs 1, 2 and 3, and the fourth plateau
+# (epoch 4) ends the run. An lr of 1e-20 cannot move a float32 weight (w + 1e-20 * g == w), so every
+# epoch trains and validates the same weights: the losses then show what each pass fed the model.
+PLATEAU = {**TINY, "lr": 1e-20, "threshold": 1.0, "patience": 1, "max_reductions": 3, "epochs": 10,
+           "steps_per_epoch": 2, "log_every_steps": 1, "checkpoint_every_steps": 0, "keep_checkpoints": 1,
+           "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def plateau_run(small_dataset, ray_head, tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("plateau")
+    (folder / "plateau.yaml").write_text(yaml.safe_dump(PLATEAU))
+    run_cli(*train_args(small_dataset, "plateau", str(folder / "runs"), str(folder / "plateau.yaml"), ray_head),
+            timeout=400)
+    return str(folder / "runs" / "plateau")
+
+
+def lrs_equal(values) -> object:
+    """pytest.approx for lrs of 1e-20 and less: its default absolute tolerance (1e-12) would accept any."""
+    return pytest.approx(values, rel=1e-9, abs=0)
+
+
+def test_plateaus_reduce_the_lr_three_times_then_stop(plateau_run):
+    epochs = records(plateau_run, "epoch")
+    assert [e["decision"] for e in epochs] == ["continue", "reduce", "reduce", "reduce", "stop"]
+    assert [e["lr"] for e in epochs] == lrs_equal([1e-20, 1e-21, 1e-22, 1e-23, 1e-23])  # after each epoch
+    steps = records(plateau_run, "step")  # the optimiser's lr at every step: the reductions reached it
+    assert [(s["epoch"], s["step"]) for s in steps] == [(e, 2 * e + n) for e in range(5) for n in (1, 2)]
+    trained_with = [1e-20, 1e-20, 1e-21, 1e-22, 1e-23]  # epoch e trains with the lr set after epoch e - 1
+    assert [s["lr"] for s in steps] == lrs_equal([lr for lr in trained_with for _ in (1, 2)])
+    end = records(plateau_run, "end")[-1]
+    assert (end["step"], end["epochs"], end["reason"]) == (10, 5, "schedule")
+
+    state = final_state(plateau_run)
+    assert (state["epoch"], state["step"]) == (5, 10)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == lrs_equal([1e-23] * 2)
+    assert state["schedule"]["reductions"] == [1, 2, 3] and state["schedule"]["lr"] == lrs_equal(1e-23)
+    json.dumps(state["schedule"], allow_nan=False)
+
+
+def test_training_batches_carry_colour_noise_and_validation_batches_do_not(plateau_run, small_dataset):
+    """The weights never move (lr 1e-20), so: step 1's logged loss, on the batch each rank's loader gives
+    first, differs from the loss of the same batches without colour noise; and every epoch's validation
+    loss is the same, and is that of a pass without noise over the val split."""
+    import torch.nn.functional as F
+
+    from pipeline.augment import BatchTransform
+    from pipeline.loader import EvalLoader, TrainLoader
+    from trainer.evaluate import errors_from_totals, eval_totals
+    from trainer.model import AlexNet
+
+    state = final_state(plateau_run)
+    config = state["config"]
+    model = AlexNet(state["num_classes"], config["variant"], ("cpu", "cpu"), width=config["width"],
+                    dropout=config["dropout"])
+    model.load_state_dict(state["model"])
+    plain = BatchTransform(state["stats"], pca_std=0.0)
+    with torch.no_grad():
+        plain_losses = []
+        for rank in range(2):
+            images, labels = next(iter(TrainLoader(small_dataset, 8, rank=rank, world_size=2, seed=0,
+                                                   num_workers=0)))
+            plain_losses.append(F.cross_entropy(model(plain(images)), labels).item())
+    plain_loss = sum(plain_losses) / 2
+    logged = records(plateau_run, "step")[0]
+    assert logged["step"] == 1 and logged["loss"] != pytest.approx(plain_loss, rel=1e-6, abs=0)
+    assert abs(logged["loss"] - plain_loss) < 0.01 * plain_loss  # a nudge to the same images, not others
+
+    val_losses = [e["val_loss"] for e in records(plateau_run, "epoch")]
+    scored = errors_from_totals(eval_totals(model, EvalLoader(small_dataset, 16, num_workers=0), plain, "cpu"))
+    assert val_losses == pytest.approx([scored["loss"]] * 5, rel=1e-6, abs=0)
