@@ -7,7 +7,9 @@ The code under test is this checkout, whatever else is installed: the environmen
 (or a PYTHONPATH left over) may point at another checkout, and the `alexnet` console script and every
 Ray process would then run that other code while the test process imports this one. So before
 anything starts, this checkout goes first on sys.path and in PYTHONPATH, which the CLI subprocesses
-and the session's Ray head (hence its workers) inherit (tests/test_harness.py checks it).
+and the session's Ray head (hence its workers) inherit (tests/test_harness.py checks it). A Ray driver's
+working directory goes on its workers' sys.path ahead of PYTHONPATH, so a session started from inside
+another checkout is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
 BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config) -> None:
+    here = Path.cwd().resolve()
+    if here != ROOT and any((here / package / "__init__.py").is_file() for package in ("jobs", "pipeline", "trainer")):
+        raise pytest.UsageError(f"pytest runs in {here}, another checkout of the project: the Ray workers that the "
+                                f"tests start would import its code; run the tests from {ROOT}")
 
 
 def free_port() -> int:
