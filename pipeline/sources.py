@@ -13,9 +13,11 @@ A source is a `Source(location, offset, length)`: offset None means "the whole f
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
+import stat
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import pyarrow.fs as pafs
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.images import BadImage
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -45,14 +48,53 @@ class Input:
 
 
 def read_source(source: Source) -> bytes:
-    """The bytes of one input: a whole file, or a byte range of a tar (a ranged GET on object storage)."""
+    """The bytes of one input: a whole file, or a byte range of a tar (a ranged GET on object storage).
+    A local file that cannot be an image (not a regular file, a dangling symlink, a loop) is BadImage."""
     if source.offset is None:
-        return storage.read_bytes(source.location)
+        if storage.is_url(source.location):
+            return storage.read_bytes(source.location)
+        return _read_local_file(source.location)
     if not storage.is_url(source.location):
         with open(source.location, "rb") as f:
             f.seek(source.offset)
             return f.read(source.length)
     return _open_remote(source.location).read_at(source.length, source.offset)
+
+
+def _read_local_file(path: str) -> bytes:
+    """Opened without blocking (a FIFO named x.JPEG would otherwise wait forever for a writer), then
+    read only when fstat says it is a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as error:
+        raise BadImage(_open_failure(path, error)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadImage(f"not a regular file ({_file_kind(mode)})")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
+def _open_failure(path: str, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "symlink loop"
+    if error.errno == errno.ENOENT and os.path.islink(path):
+        return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+    if error.errno == errno.ENXIO:
+        return "not a regular file (a socket)"
+    return f"cannot open ({error.strerror or error})"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return f"mode {stat.S_IFMT(mode):o}"
 
 
 _remote_files: dict = {}
@@ -73,55 +115,136 @@ def is_tar(src: str) -> bool:
     return src.lower().endswith(".tar") and not storage.is_dir(src)
 
 
-def find_inputs(src: str, labels: dict[str, str] | None = None) -> list[Input]:
-    """Every candidate input of SRC, sorted by path, with unique keys.
+@dataclass
+class Scan:
+    """What the scan saw: every entry ends in `inputs` or in `skipped` (the manifest lists both)."""
+    inputs: list[Input]
+    skipped: list[dict]  # {"path", "reason"}, sorted by path: entries the layout rules leave out
+    class_folders: list[str] | None  # class layouts: every class folder or per-class tar, even an empty one
+
+
+def find_inputs(src: str, labels: dict[str, str] | None = None) -> Scan:
+    """Every candidate input of SRC, sorted by path, with unique keys, and what was left out and why.
 
     `labels` maps a flat folder's file names (or stems) to synsets; without it SRC must hold class folders.
+    Entries are never opened here: a FIFO, socket, device, dangling symlink or symlink loop named like an
+    image is an input that its shard task skips with the reason (it opens without blocking).
     """
     if not storage.exists(src):
         raise UserError(f"input {src} does not exist")
     if is_tar(src):
-        found = list(_scan_train_tar(src))
+        found, skipped, classes = _scan_train_tar(src)
     else:
-        found = _scan_folder(src, labels)
+        found, skipped, classes = _scan_folder(src, labels)
     if not found:
         raise UserError(f"input {src} holds no image files (expected class folders <synset>/*.JPEG, a flat "
                         "folder with --labels, or the train tar of per-class tars)")
     found.sort(key=lambda item: item[0])
     keys = assign_keys([path for path, _, _ in found])
-    return [Input(key, path, synset, source) for key, (path, synset, source) in zip(keys, found)]
+    inputs = [Input(key, path, synset, source) for key, (path, synset, source) in zip(keys, found)]
+    return Scan(inputs, sorted(skipped, key=lambda e: e["path"]), classes)
 
 
-def _list_files(src: str) -> list[tuple[str, int]]:
-    """(path relative to src with '/', size) of every file under src."""
-    if not storage.is_url(src):
-        root = os.path.abspath(src)
-        out = []
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            dirs.sort()
-            rel = os.path.relpath(folder, root)
-            for name in files:
-                out.append(((name if rel == "." else f"{rel}/{name}").replace(os.sep, "/"), 0))
-        return out
+def _skip(path: str, reason: str) -> dict:
+    return {"path": path, "reason": reason}
+
+
+HIDDEN = "hidden (name starts with '.'): not read"
+
+
+def _walk_local(src: str) -> tuple[list[str], list[str], list[dict]]:
+    """(files, top-level folders, skipped) under a local folder, paths relative with '/'.
+
+    Rules: hidden entries are skipped (their contents unread); a symlinked folder is followed only at
+    the top level (a class folder kept elsewhere), and only when it points outside SRC and not above it,
+    so no loop and no other class's images; every other entry that is not a folder is a file here.
+    """
+    root = os.path.realpath(src)
+    files: list[str] = []
+    folders: list[str] = []
+    skipped: list[dict] = []
+
+    def visit(folder: str, prefix: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as error:
+            skipped.append(_skip(prefix or "./", f"cannot list folder ({error.strerror or error})"))
+            return
+        for entry in entries:
+            rel = prefix + entry.name
+            is_link = entry.is_symlink()
+            is_dir = _is_dir(entry)
+            if entry.name.startswith("."):
+                skipped.append(_skip(rel + "/" if is_dir else rel, HIDDEN))
+            elif is_dir and is_link and (prefix or not _outside(os.path.realpath(entry.path), root)):
+                skipped.append(_skip(rel + "/", "symlink to a folder: not followed (only a class folder that "
+                                     "links outside the input is)"))
+            elif is_dir:
+                if not prefix:
+                    folders.append(entry.name)
+                visit(entry.path, rel + "/")
+            else:
+                files.append(rel)
+
+    visit(root, "")
+    return files, folders, skipped
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink; False for a dangling one or a loop
+    except OSError:
+        return False
+
+
+def _outside(target: str, root: str) -> bool:
+    """True when `target` is neither inside `root` nor one of its ancestors."""
+    common = os.path.commonpath([target, root])
+    return common != root and common != target
+
+
+def _list_remote(src: str) -> tuple[list[str], list[str], list[dict]]:
+    """The object-store form of `_walk_local` (no symlinks or special files there)."""
     fs, path = storage.resolve(src)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     base = path.rstrip("/") + "/"
-    return [(i.path[len(base):], i.size) for i in infos if i.type == pafs.FileType.File]
+    files, folders, skipped, hidden = [], [], [], set()
+    for info in sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda i: i.path):
+        rel = info.path[len(base):]
+        parts = rel.split("/")
+        dot = next((n for n, part in enumerate(parts) if part.startswith(".")), None)
+        if dot is not None:
+            top = "/".join(parts[:dot + 1]) + ("/" if dot < len(parts) - 1 or info.type != pafs.FileType.File else "")
+            if top not in hidden:
+                hidden.add(top)
+                skipped.append(_skip(top, HIDDEN))
+        elif info.type == pafs.FileType.File:
+            files.append(rel)
+        elif len(parts) == 1:
+            folders.append(rel)
+    if not folders:
+        folders = sorted({rel.split("/", 1)[0] for rel in files if "/" in rel})
+    return files, folders, skipped
 
 
-def _scan_folder(src: str, labels: dict[str, str] | None) -> list[tuple[str, str, Source]]:
-    files = [rel for rel, _ in _list_files(src) if not posixpath.basename(rel).startswith(".")]
+def _scan_folder(src: str, labels: dict[str, str] | None):
+    files, folders, skipped = _list_remote(src) if storage.is_url(src) else _walk_local(src)
     nested = [rel for rel in files if "/" in rel]
-    images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
-        return []
+        return [], skipped, None
     if labels is None:
         if not nested:
             raise UserError(f"input {src} is a flat folder: give its labels with --labels "
                             "(CSV 'file,synset', LOC_val_solution.csv, or the devkit ground truth)")
         # class folders: the first path component is the synset; files of any name count (a PNG or a
         # text file named .JPEG is found here and skipped later with its reason)
-        return [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
+        skipped += [_skip(rel, "not inside a class folder (class folders label their images; "
+                               "this file has none)") for rel in files if "/" not in rel]
+        found = [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
+        return found, skipped, folders
+    images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
+    if images:
+        skipped += [_skip(rel, "not an image file name (with --labels, files named like images are read)")
+                    for rel in files if not rel.lower().endswith(IMAGE_SUFFIXES)]
     found, unlabelled = [], []
     for rel in images if images else files:
         synset = labels.get(posixpath.basename(rel)) or labels.get(_stem(posixpath.basename(rel)))
@@ -132,32 +255,52 @@ def _scan_folder(src: str, labels: dict[str, str] | None) -> list[tuple[str, str
     if unlabelled:
         raise UserError(f"the label file has no entry for {len(unlabelled)} image(s) in {src}, "
                         f"e.g. {unlabelled[0]}")
-    return found
+    return found, skipped, None
 
 
-def _scan_train_tar(src: str) -> list[tuple[str, str, Source]]:
+def _scan_train_tar(src: str):
     """One pass over the outer tar's headers (inner tars read through in-place, never extracted)."""
-    found = []
+    found, skipped, classes = [], [], []
     with storage.open_input(src) as stream:
         try:
             outer = tarfile.open(fileobj=stream, mode="r|")
             for member in outer:
+                if member.isdir():
+                    continue
                 if not member.isfile():
+                    skipped.append(_skip(member.name, f"not a regular file in the tar ({_tar_kind(member)})"))
                     continue
                 name = posixpath.basename(member.name)
                 if not name.lower().endswith(".tar"):
                     raise UserError(f"{src}: member {member.name} is not a per-class tar "
                                     "(expected ILSVRC2012_img_train.tar's layout: <synset>.tar members)")
                 synset = name[: -len(".tar")]
+                classes.append(synset)
                 base = member.offset_data
                 inner = tarfile.open(fileobj=outer.extractfile(member), mode="r|")
                 for item in inner:
-                    if item.isfile():
+                    rel = f"{synset}/{item.name}"
+                    if item.isdir():
+                        continue
+                    if any(part.startswith(".") for part in item.name.split("/")):
+                        skipped.append(_skip(rel, HIDDEN))
+                    elif not item.isfile():
+                        skipped.append(_skip(rel, f"not a regular file in the tar ({_tar_kind(item)})"))
+                    else:
                         rel = f"{synset}/{posixpath.basename(item.name)}"
                         found.append((rel, synset, Source(src, base + item.offset_data, item.size)))
         except tarfile.TarError as error:
             raise UserError(f"{src}: not a readable tar ({error})") from None
-    return found
+    return found, skipped, sorted(classes)
+
+
+def _tar_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symlink to {member.linkname}"
+    if member.islnk():
+        return f"hard link to {member.linkname}"
+    return {tarfile.FIFOTYPE: "FIFO", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}.get(
+        member.type, f"type {member.type!r}")
 
 
 def _stem(name: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 from imagenet_trees import class_tree, flat_val, sample_files, synset_of, train_tar
 from pipeline.errors import UserError
 from pipeline.labels import read_class_list, read_labels
-from pipeline.sources import assign_keys, find_inputs, read_source
+from pipeline.sources import HIDDEN, assign_keys, find_inputs, read_source
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,12 @@ def images():
 
 def test_class_folders(tmp_path, images):
     root = class_tree(tmp_path / "train", images, per_class=2)
-    (root / images[0].name.split("_")[0] / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
-    inputs = find_inputs(str(root))
+    (root / images[0].name.split("_")[0] / ".DS_Store").write_bytes(b"junk")  # hidden: skipped, reported
+    scan = find_inputs(str(root))
+    inputs = scan.inputs
     assert len(inputs) == 12
+    assert scan.skipped == [{"path": f"{synset_of(images[0])}/.DS_Store", "reason": HIDDEN}]
+    assert scan.class_folders == sorted({synset_of(image) for image in images})
     assert [i.path for i in inputs] == sorted(i.path for i in inputs)
     assert {i.synset for i in inputs} == {synset_of(image) for image in images}
     first = inputs[0]
@@ -30,7 +33,7 @@ def test_class_folders(tmp_path, images):
 def test_train_tar_of_class_tars_is_read_in_place(tmp_path, images):
     root = class_tree(tmp_path / "train", images, per_class=2)
     tar = train_tar(root, tmp_path / "ILSVRC2012_img_train.tar")
-    from_tar, from_folder = find_inputs(str(tar)), find_inputs(str(root))
+    from_tar, from_folder = find_inputs(str(tar)).inputs, find_inputs(str(root)).inputs
     assert [(i.key, i.path, i.synset) for i in from_tar] == [(i.key, i.path, i.synset) for i in from_folder]
     for item in from_tar:  # each byte range is exactly the original file
         assert item.source.location == str(tar) and item.source.offset > 0
@@ -42,7 +45,7 @@ def test_train_tar_of_class_tars_is_read_in_place(tmp_path, images):
 def test_flat_val_with_each_label_form(tmp_path, images, form):
     folder, label_file, synset_map, truth = flat_val(tmp_path, images, per_image=2, labels=form)
     labels = read_labels(str(label_file), str(synset_map) if synset_map else None)
-    inputs = find_inputs(str(folder), labels)
+    inputs = find_inputs(str(folder), labels).inputs
     assert {i.path: i.synset for i in inputs} == truth
     assert [i.key for i in inputs][:2] == ["ILSVRC2012_val_00000001", "ILSVRC2012_val_00000002"]
 
