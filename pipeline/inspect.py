@@ -23,11 +23,12 @@ def find_splits(dataset: str) -> list[str]:
 def verify_split(dataset: str, split: str, manifest: dict) -> list[str]:
     """One line per shard that is missing or differs from the manifest or the index; [] when all match."""
     shards = tuple((s["name"], int(s["samples"])) for s in manifest["shards"])
+    problems = []
     try:
         index = SampleIndex.read(dataset, split, shards, int(manifest["num_classes"]))
     except UserError as error:
-        return [str(error)]
-    problems = []
+        index = None
+        problems.append(str(error))
     for number, shard in enumerate(manifest["shards"]):
         location = storage.join(dataset, shard["name"])
         if not storage.exists(location):
@@ -37,7 +38,8 @@ def verify_split(dataset: str, split: str, manifest: dict) -> list[str]:
             problems.append(f"{shard['name']}: {storage.size(location)} bytes, manifest says {shard['bytes']}")
         elif sha256_of(location) != shard["sha256"]:
             problems.append(f"{shard['name']}: sha256 differs from the manifest")
-        problems += _check_samples(location, shard["name"], number, int(shard["samples"]), index)
+        if index is not None:
+            problems += _check_samples(location, shard["name"], number, int(shard["samples"]), index)
     return problems
 
 
@@ -118,7 +120,7 @@ def _print_report(report: dict, verify: bool) -> None:
         if len(e["skipped"]) > 10:
             print(f"    ... and {len(e['skipped']) - 10} more (--json lists all)")
         if verify:
-            print("    verify: " + ("all shards match the manifest" if not e["problems"] else "FAILED"))
+            print("    verify: " + ("all shards match the manifest and the index" if not e["problems"] else "FAILED"))
             for problem in e["problems"]:
                 print(f"      {problem}")
     for name in report.get("temporaries", []):

@@ -145,7 +145,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
     A piece whose samples were all consumed before the resume point is not even opened. A sample that is
     not the one the index lists at its position carries the error; once a shard fails, its remaining
     samples carry the error (so skipping, when asked, is per sample). A shard that holds more samples than
-    the manifest lists fails the epoch, whatever skip_bad says.
+    the manifest lists fails the epoch (with skip_bad, a warning: the extra samples are never read).
     """
     index = spec.index
     ordinal = 0
@@ -156,6 +156,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
         if not keep[ordinal:end].any():
             ordinal = end
             continue
+        mismatch = None  # the first sample of this piece that is not the index's: it explains what follows
         try:
             with _open_shard(where) as source:
                 for position, key, members in iter_samples(source, where, lo, hi, buffer, spec.shards[shard][1]):
@@ -165,6 +166,7 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
                             item = (where, key, *index.check(where, shard, position, key, members), None)
                         except ShardReadError as failure:
                             item = (where, key, None, None, str(failure))
+                            mismatch = mismatch or item[-1]
                     yield ordinal, item
                     ordinal += 1
             continue
@@ -172,7 +174,10 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
             error = f"{where}: shard not found (the manifest lists it)"
         except ShardReadError as failure:
             if ordinal == end:  # every listed sample was read: the shard goes on past the manifest's count
-                raise
+                if not spec.skip_bad:
+                    raise ShardReadError(mismatch or str(failure)) from None
+                warnings.warn(f"samples the manifest does not list were not read: {failure}", stacklevel=1)
+                continue
             error = str(failure)
         except OSError as failure:
             error = f"{where}: cannot read shard ({failure})"
