@@ -13,20 +13,15 @@ A source is a `Source(location, offset, length)`: offset None means "the whole f
 
 from __future__ import annotations
 
-import errno
-import os
 import posixpath
 import re
-import stat
 import sys
 import tarfile
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
-
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.images import BadImage
+from pipeline.scan_rules import HIDDEN, list_remote, read_local_file, skip_entry, walk_local
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -53,48 +48,12 @@ def read_source(source: Source) -> bytes:
     if source.offset is None:
         if storage.is_url(source.location):
             return storage.read_bytes(source.location)
-        return _read_local_file(source.location)
+        return read_local_file(source.location)
     if not storage.is_url(source.location):
         with open(source.location, "rb") as f:
             f.seek(source.offset)
             return f.read(source.length)
     return _open_remote(source.location).read_at(source.length, source.offset)
-
-
-def _read_local_file(path: str) -> bytes:
-    """Opened without blocking (a FIFO named x.JPEG would otherwise wait forever for a writer), then
-    read only when fstat says it is a regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as error:
-        raise BadImage(_open_failure(path, error)) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise BadImage(f"not a regular file ({_file_kind(mode)})")
-        os.set_blocking(fd, True)
-        with os.fdopen(os.dup(fd), "rb") as file:
-            return file.read()
-    finally:
-        os.close(fd)
-
-
-def _open_failure(path: str, error: OSError) -> str:
-    if error.errno == errno.ELOOP:
-        return "symlink loop"
-    if error.errno == errno.ENOENT and os.path.islink(path):
-        return f"dangling symlink (its target {os.readlink(path)} does not exist)"
-    if error.errno == errno.ENXIO:
-        return "not a regular file (a socket)"
-    return f"cannot open ({error.strerror or error})"
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
-        if test(mode):
-            return kind
-    return f"mode {stat.S_IFMT(mode):o}"
 
 
 _remote_files: dict = {}
@@ -145,89 +104,8 @@ def find_inputs(src: str, labels: dict[str, str] | None = None) -> Scan:
     return Scan(inputs, sorted(skipped, key=lambda e: e["path"]), classes)
 
 
-def _skip(path: str, reason: str) -> dict:
-    return {"path": path, "reason": reason}
-
-
-HIDDEN = "hidden (name starts with '.'): not read"
-
-
-def _walk_local(src: str) -> tuple[list[str], list[str], list[dict]]:
-    """(files, top-level folders, skipped) under a local folder, paths relative with '/'.
-
-    Rules: hidden entries are skipped (their contents unread); a symlinked folder is followed only at
-    the top level (a class folder kept elsewhere), and only when it points outside SRC and not above it,
-    so no loop and no other class's images; every other entry that is not a folder is a file here.
-    """
-    root = os.path.realpath(src)
-    files: list[str] = []
-    folders: list[str] = []
-    skipped: list[dict] = []
-
-    def visit(folder: str, prefix: str) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as error:
-            skipped.append(_skip(prefix or "./", f"cannot list folder ({error.strerror or error})"))
-            return
-        for entry in entries:
-            rel = prefix + entry.name
-            is_link = entry.is_symlink()
-            is_dir = _is_dir(entry)
-            if entry.name.startswith("."):
-                skipped.append(_skip(rel + "/" if is_dir else rel, HIDDEN))
-            elif is_dir and is_link and (prefix or not _outside(os.path.realpath(entry.path), root)):
-                skipped.append(_skip(rel + "/", "symlink to a folder: not followed (only a class folder that "
-                                     "links outside the input is)"))
-            elif is_dir:
-                if not prefix:
-                    folders.append(entry.name)
-                visit(entry.path, rel + "/")
-            else:
-                files.append(rel)
-
-    visit(root, "")
-    return files, folders, skipped
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows a symlink; False for a dangling one or a loop
-    except OSError:
-        return False
-
-
-def _outside(target: str, root: str) -> bool:
-    """True when `target` is neither inside `root` nor one of its ancestors."""
-    common = os.path.commonpath([target, root])
-    return common != root and common != target
-
-
-def _list_remote(src: str) -> tuple[list[str], list[str], list[dict]]:
-    """The object-store form of `_walk_local` (no symlinks or special files there)."""
-    fs, path = storage.resolve(src)
-    base = path.rstrip("/") + "/"
-    files, folders, skipped, hidden = [], [], [], set()
-    for info in sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda i: i.path):
-        rel = info.path[len(base):]
-        parts = rel.split("/")
-        dot = next((n for n, part in enumerate(parts) if part.startswith(".")), None)
-        if dot is not None:
-            top = "/".join(parts[:dot + 1]) + ("/" if dot < len(parts) - 1 or info.type != pafs.FileType.File else "")
-            if top not in hidden:
-                hidden.add(top)
-                skipped.append(_skip(top, HIDDEN))
-        elif info.type == pafs.FileType.File:
-            files.append(rel)
-        elif len(parts) == 1:
-            folders.append(rel)
-    if not folders:
-        folders = sorted({rel.split("/", 1)[0] for rel in files if "/" in rel})
-    return files, folders, skipped
-
-
 def _scan_folder(src: str, labels: dict[str, str] | None):
-    files, folders, skipped = _list_remote(src) if storage.is_url(src) else _walk_local(src)
+    files, folders, skipped = list_remote(src) if storage.is_url(src) else walk_local(src)
     nested = [rel for rel in files if "/" in rel]
     if not files:
         return [], skipped, None
@@ -237,13 +115,13 @@ def _scan_folder(src: str, labels: dict[str, str] | None):
                             "(CSV 'file,synset', LOC_val_solution.csv, or the devkit ground truth)")
         # class folders: the first path component is the synset; files of any name count (a PNG or a
         # text file named .JPEG is found here and skipped later with its reason)
-        skipped += [_skip(rel, "not inside a class folder (class folders label their images; "
+        skipped += [skip_entry(rel, "not inside a class folder (class folders label their images; "
                                "this file has none)") for rel in files if "/" not in rel]
         found = [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
         return found, skipped, folders
     images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
     if images:
-        skipped += [_skip(rel, "not an image file name (with --labels, files named like images are read)")
+        skipped += [skip_entry(rel, "not an image file name (with --labels, files named like images are read)")
                     for rel in files if not rel.lower().endswith(IMAGE_SUFFIXES)]
     found, unlabelled = [], []
     for rel in images if images else files:
@@ -268,7 +146,7 @@ def _scan_train_tar(src: str):
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    skipped.append(_skip(member.name, f"not a regular file in the tar ({_tar_kind(member)})"))
+                    skipped.append(skip_entry(member.name, f"not a regular file in the tar ({_tar_kind(member)})"))
                     continue
                 name = posixpath.basename(member.name)
                 if not name.lower().endswith(".tar"):
@@ -283,9 +161,9 @@ def _scan_train_tar(src: str):
                     if item.isdir():
                         continue
                     if any(part.startswith(".") for part in item.name.split("/")):
-                        skipped.append(_skip(rel, HIDDEN))
+                        skipped.append(skip_entry(rel, HIDDEN))
                     elif not item.isfile():
-                        skipped.append(_skip(rel, f"not a regular file in the tar ({_tar_kind(item)})"))
+                        skipped.append(skip_entry(rel, f"not a regular file in the tar ({_tar_kind(item)})"))
                     else:
                         rel = f"{synset}/{posixpath.basename(item.name)}"
                         found.append((rel, synset, Source(src, base + item.offset_data, item.size)))
