@@ -16,6 +16,11 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
+def rate_text(rate: float) -> str:
+    """Three significant figures below 100 (a small job's 1.05 inputs/s), whole numbers above."""
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
 class Progress:
     def __init__(self, total_inputs: int, total_shards: int, *, stream: TextIO | None = None,
                  interval_s: float = 10.0, start: float | None = None):
@@ -38,7 +43,7 @@ class Progress:
     def rate_text(self) -> str:
         """Inputs done, seconds and rate as of the last update (the bar's final line says the same)."""
         elapsed = max(self.now - self.start, 1e-9)
-        return f"{plural(self.inputs, 'input')} in {elapsed:.1f}s, {self.inputs / elapsed:.0f} inputs/s"
+        return f"{plural(self.inputs, 'input')} in {elapsed:.1f}s, {rate_text(self.inputs / elapsed)} inputs/s"
 
     def _show(self) -> None:
         elapsed = max(self.now - self.start, 1e-9)
@@ -46,7 +51,7 @@ class Progress:
         left = self.total_inputs - self.inputs
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         text = (f"{self.inputs}/{plural(self.total_inputs, 'input')}, {self.shards}/"
-                f"{plural(self.total_shards, 'shard')}, {rate:.0f} inputs/s, ETA {eta}")
+                f"{plural(self.total_shards, 'shard')}, {rate_text(rate)} inputs/s, ETA {eta}")
         if self.tty:
             done = int(30 * self.shards / max(self.total_shards, 1))
             print(f"\r[{'#' * done}{'.' * (30 - done)}] {text}", end="", file=self.stream, flush=True)

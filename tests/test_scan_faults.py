@@ -114,9 +114,9 @@ def test_shard_a_faulty_tree_reports_every_entry_and_keeps_indices(tmp_path, ray
         f"{s}/{s}_{k}.JPEG" for s in (n["a"], n["b"], n["c"]) for k in (0, 1)) + [f"{n['d']}/{n['d']}_0.JPEG"]
 
     # the console agrees with itself: the bar's last line and the summary count and rate the same inputs
-    bar = re.findall(r"shard: (\d+)/(\d+) inputs, 1/1 shard, (\d+) inputs/s", result.stderr)[-1]
+    bar = re.findall(r"shard: (\d+)/(\d+) inputs, 1/1 shard, ([\d.]+) inputs/s", result.stderr)[-1]
     summary = re.search(r"train: 7 samples written in 1 shard -> .*; 10 entries skipped \((\d+) inputs in "
-                        r"[\d.]+s, (\d+) inputs/s\)", result.stdout)
+                        r"[\d.]+s, ([\d.]+) inputs/s\)", result.stdout)
     assert summary and bar == ("11", "11", summary.group(2)) and summary.group(1) == "11", (result.stdout, bar)
 
 
