@@ -1,7 +1,8 @@
 """What one torch DataLoader worker runs: its share of an epoch, shards -> uint8 batches.
 
 Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
-decodes each sample only when it is due in the seeded order, straight into its place in the batch
+checks each sample against the index as it is read (pipeline/loader_index.py), decodes each sample
+only when it is due in the seeded order, straight into its place in the batch
 (pipeline/loader_layout.py), and yields ("batch", batch number, images, labels, replaced). In a worker
 process the batch buffer is normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and
 `images` is (worker, slot); in-process, or when the caller holds all the worker's slots, it is an NHWC

@@ -152,7 +152,8 @@ def _read_json(location: str) -> dict:
     try:
         return json.loads(storage.read_bytes(location))
     except json.JSONDecodeError as error:
-        raise UserError(f"{location} is not valid JSON ({error}): pass --overwrite to replace the split") from None
+        raise UserError(f"{location} is not valid JSON ({error}): delete it and rerun (finished shards are kept)") \
+            from None
 
 
 def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int], progress: Progress,
