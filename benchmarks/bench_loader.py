@@ -151,14 +151,23 @@ def repeat_dataset(dataset: str, copies: int, folder: Path) -> str:
     manifest = json.loads(Path(dataset, "train.manifest.json").read_text())
     out = folder / "repeated"
     out.mkdir()
-    shards = []
+    shards, source_shards = [], manifest["shards"]
     for copy in range(copies):
-        for shard in manifest["shards"]:
+        for shard in source_shards:
             name = f"train-{len(shards):06d}.tar"
             (out / name).symlink_to(Path(dataset, shard["name"]).resolve())
             shards.append({**shard, "name": name})
     manifest.update(shards=shards, total_samples=sum(s["samples"] for s in shards))
     (out / "train.manifest.json").write_text(json.dumps(manifest))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index = pq.read_table(Path(dataset, "train.index.parquet"))  # the loader checks each sample against it
+    column, originals = index.schema.get_field_index("shard"), index.column("shard").to_pylist()
+    number = {shard["name"]: n for n, shard in enumerate(source_shards)}
+    tables = [index.set_column(column, "shard", pa.array(
+        [f"train-{copy * len(number) + number[name]:06d}.tar" for name in originals])) for copy in range(copies)]
+    pq.write_table(pa.concat_tables(tables), out / "train.index.parquet")
     return str(out)
 
 

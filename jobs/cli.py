@@ -41,6 +41,7 @@ def _shard(args: argparse.Namespace) -> int:
         max_skip_fraction=args.max_skip_fraction,
         overwrite=args.overwrite,
         limit=args.limit,
+        custom_split=args.custom_split,
     )
 
 
@@ -73,6 +74,8 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
                    help="fail when more than this fraction of inputs is unreadable (default 0.01)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing split made differently")
     p.add_argument("--limit", type=int, default=None, help="use only the first N inputs (smoke tests)")
+    p.add_argument("--custom-split", action="store_true",
+                   help="accept a --split name other than train and val (e.g. test)")
     p.set_defaults(handler=_shard)
 
     p = sub.add_parser("inspect", help="print what a sharded dataset holds")

@@ -1,13 +1,18 @@
 """`alexnet inspect OUT [--verify]`: what a sharded dataset holds, read from its manifests (no tar is
-opened unless --verify, which re-reads every shard and checks its size and sha256)."""
+opened unless --verify, which re-reads every shard: its size and sha256 against the manifest, its
+samples (count, key at each position, label, image CRC32C) against the manifest and the index, and
+reports temporary files a killed run left behind)."""
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.shards import PROGRESS_DIR, progress_location, read_manifest, sha256_of
+from pipeline.loader_index import SampleIndex
+from pipeline.loader_tar import ShardReadError, iter_samples, map_file
+from pipeline.shards import PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries
 from pipeline.stats import STATS_FILE, read_stats
 
 
@@ -15,18 +20,40 @@ def find_splits(dataset: str) -> list[str]:
     return [name[: -len(".manifest.json")] for name in storage.list_names(dataset) if name.endswith(".manifest.json")]
 
 
-def verify_split(dataset: str, manifest: dict) -> list[str]:
-    """One line per shard that is missing or differs from the manifest; [] when all match."""
+def verify_split(dataset: str, split: str, manifest: dict) -> list[str]:
+    """One line per shard that is missing or differs from the manifest or the index; [] when all match."""
+    shards = tuple((s["name"], int(s["samples"])) for s in manifest["shards"])
     problems = []
-    for shard in manifest["shards"]:
+    try:
+        index = SampleIndex.read(dataset, split, shards, int(manifest["num_classes"]))
+    except UserError as error:
+        index = None
+        problems.append(str(error))
+    for number, shard in enumerate(manifest["shards"]):
         location = storage.join(dataset, shard["name"])
         if not storage.exists(location):
             problems.append(f"{shard['name']}: missing")
-        elif storage.size(location) != shard["bytes"]:
+            continue
+        if storage.size(location) != shard["bytes"]:
             problems.append(f"{shard['name']}: {storage.size(location)} bytes, manifest says {shard['bytes']}")
         elif sha256_of(location) != shard["sha256"]:
             problems.append(f"{shard['name']}: sha256 differs from the manifest")
+        if index is not None:
+            problems += _check_samples(location, shard["name"], number, int(shard["samples"]), index)
     return problems
+
+
+def _check_samples(location: str, name: str, number: int, samples: int, index: SampleIndex) -> list[str]:
+    """The shard's samples against the index, position by position, and their count against the
+    manifest; the first problem of the shard (later positions follow from it)."""
+    opened = storage.open_input(location) if storage.is_url(location) else nullcontext(map_file(location))
+    try:
+        with opened as source:
+            for position, key, members in iter_samples(source, name, 0, samples, total=samples):
+                index.check(name, number, position, key, members)
+    except ShardReadError as error:
+        return [str(error)]
+    return []
 
 
 def inspect_dataset(dataset: str, verify: bool = False, as_json: bool = False) -> int:
@@ -47,12 +74,15 @@ def inspect_dataset(dataset: str, verify: bool = False, as_json: bool = False) -
             "inputs_found": manifest["inputs_found"], "skipped": manifest["skipped"],
             "classes": manifest["num_classes"], "bytes": sum(s["bytes"] for s in manifest["shards"]),
             "image_size": manifest["image_size"], "jpeg_quality": manifest["jpeg_quality"],
-            "source": manifest["source"], "created": manifest["created"],
+            "source": manifest["source"],
         }
         if verify:
-            entry["problems"] = verify_split(dataset, manifest)
+            entry["problems"] = verify_split(dataset, split, manifest)
             status = status or (1 if entry["problems"] else 0)
         report["splits"][split] = entry
+    if verify:
+        report["temporaries"] = stale_temporaries(dataset)
+        status = status or (1 if report["temporaries"] else 0)
     if storage.exists(storage.join(dataset, STATS_FILE)):
         report["stats"] = read_stats(dataset)
     if as_json:
@@ -84,15 +114,18 @@ def _print_report(report: dict, verify: bool) -> None:
     for split, e in report["splits"].items():
         print(f"  {split}: {e['samples']} samples in {e['shards']} shards ({e['bytes'] / 1e6:.1f} MB), "
               f"{e['classes']} classes, {e['image_size']}px JPEG q{e['jpeg_quality']}, "
-              f"{len(e['skipped'])} of {e['inputs_found']} inputs skipped; from {e['source']} at {e['created']}")
+              f"{len(e['skipped'])} of {e['inputs_found']} inputs skipped; from {e['source']}")
         for skipped in e["skipped"][:10]:
             print(f"    skipped {skipped['path']}: {skipped['reason']}")
         if len(e["skipped"]) > 10:
             print(f"    ... and {len(e['skipped']) - 10} more (--json lists all)")
         if verify:
-            print("    verify: " + ("all shards match the manifest" if not e["problems"] else "FAILED"))
+            print("    verify: " + ("all shards match the manifest and the index" if not e["problems"] else "FAILED"))
             for problem in e["problems"]:
                 print(f"      {problem}")
+    for name in report.get("temporaries", []):
+        print(f"  leftover temporary file {name} (a killed `alexnet shard` run's: rerunning that command "
+              "removes it)")
     for split in report["unfinished"]:
         print(f"  {split}: unfinished (rerun its `alexnet shard` command to complete it)")
     if "stats" in report:

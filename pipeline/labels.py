@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from pipeline import storage
 from pipeline.errors import UserError
 
+WORDNET_ID = re.compile(r"n\d{8}")  # ImageNet's synsets: n01440764 ...
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 _HEADER_WORDS = {"file", "filename", "file_name", "image", "imageid", "image_id", "path", "name"}
 
 
@@ -115,3 +118,23 @@ def read_class_list(path: str) -> list[tuple[str, str]]:
     if len(set(synsets)) != len(synsets):
         raise UserError(f"class list {path} names a synset twice")
     return classes
+
+
+def check_class_names(synsets: list[str], empty: list[str]) -> list[str]:
+    """Warnings about class names taken from the input (no --classes); UserError when they are split
+    names, i.e. the folder given holds train/ and val/ rather than class folders."""
+    splits = [s for s in synsets if s.lower() in SPLIT_NAMES]
+    if splits:
+        raise UserError(f"the input's class folders include {', '.join(splits)}: that looks like a folder of "
+                        "splits, not of classes; shard each split folder on its own (e.g. SRC/train with "
+                        "--split train), or pass --classes FILE if these really are class names")
+    warnings = []
+    odd = [s for s in synsets if not WORDNET_ID.fullmatch(s)]
+    if odd:
+        warnings.append(f"{len(odd)} class name(s) are not WordNet ids (n + 8 digits), e.g. {odd[0]!r}; class "
+                        "indices are their sorted positions (pass --classes FILE to pin the class list)")
+    if empty:
+        named = ", ".join(f"{s} (class {synsets.index(s)})" for s in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        warnings.append(f"{len(empty)} class folder(s) hold no input: {named}; kept as classes with no samples, "
+                        "so the indices after them do not shift (pass --classes FILE to pin the class list)")
+    return warnings

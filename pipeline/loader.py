@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.loader_index import SampleIndex
 from pipeline.loader_plan import batch_sizes, rank_span
 from pipeline.loader_layout import BatchLayout
 from pipeline.loader_pool import BatchPool, pinned_copy
@@ -38,7 +39,8 @@ class _ShardLoader:
 
     def __init__(self, dataset: str, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
                  num_workers: int, crop: int, split: str, shuffle_window: int, skip_bad_samples: bool,
-                 pin_memory: bool, prefetch_factor: int, multiprocessing_context: str | None):
+                 pin_memory: bool, prefetch_factor: int, multiprocessing_context: str | None,
+                 verify_checksums: bool):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
                             f"rank={rank}, world_size={world_size}")
@@ -56,6 +58,8 @@ class _ShardLoader:
         self.multiprocessing_context = multiprocessing_context
         self.shards = tuple((s["name"], int(s["samples"])) for s in self.manifest["shards"])
         self.total_samples = sum(n for _, n in self.shards)
+        self.index = SampleIndex.read(self.dataset, split, self.shards, int(self.manifest["num_classes"]),
+                                      verify_checksums)
         self.batches = 0  # batches of the current epoch handed to the caller
         self.replaced_samples = 0  # unreadable samples stood in for (skip_bad_samples=True), all epochs
         self._resume_at = 0
@@ -83,7 +87,7 @@ class _ShardLoader:
         self._check_shards_present()
         spec = EpochSpec(self.dataset, self.shards, int(self.manifest["num_classes"]), self._mode, self.crop,
                          self.image_size, self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
-                         max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples)
+                         max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples, self.index)
         pool = self._open_pool(batch_layout(spec))
         # A private generator: starting a pass then never draws from the global torch RNG (which dropout
         # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
@@ -168,6 +172,10 @@ class TrainLoader(_ShardLoader):
     Every rank yields `len(loader)` full batches per epoch; across ranks no sample repeats within an
     epoch and fewer than world_size * batch_size samples are left out. The order depends on (seed,
     epoch, world_size, batch_size, num_workers, shuffle_window) only.
+
+    Every sample is checked against `<split>.index.parquet` (key at its position, label, and with
+    `verify_checksums` the image's CRC32C): a sample that fails is an error naming shard and position,
+    or with `skip_bad_samples` is replaced by a copy of a readable one (counted, warned about).
     """
 
     _mode = "train"
@@ -175,11 +183,13 @@ class TrainLoader(_ShardLoader):
     def __init__(self, dataset: str, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  epoch: int = 0, num_workers: int = 2, crop: int = 224, split: str = "train",
                  shuffle_window: int = 1000, skip_bad_samples: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int = 2, multiprocessing_context: str | None = None):
+                 prefetch_factor: int = 2, multiprocessing_context: str | None = None,
+                 verify_checksums: bool = True):
         super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed, epoch=epoch,
                          num_workers=num_workers, crop=crop, split=split, shuffle_window=shuffle_window,
                          skip_bad_samples=skip_bad_samples, pin_memory=pin_memory,
-                         prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context)
+                         prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+                         verify_checksums=verify_checksums)
         if len(self) == 0:
             raise UserError(f"{self.dataset} {split}: {self.total_samples} samples are fewer than one batch per "
                             f"rank (world_size {world_size} x batch_size {batch_size})")
@@ -216,9 +226,10 @@ class EvalLoader(_ShardLoader):
 
     def __init__(self, dataset: str, batch_size: int, *, ten_crop: bool = False, rank: int = 0,
                  world_size: int = 1, split: str = "val", crop: int = 224, num_workers: int = 2,
-                 pin_memory: bool = False, prefetch_factor: int = 2, multiprocessing_context: str | None = None):
+                 pin_memory: bool = False, prefetch_factor: int = 2, multiprocessing_context: str | None = None,
+                 verify_checksums: bool = True):
         self._mode = "ten_crop" if ten_crop else "centre"
         super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=0, epoch=0,
                          num_workers=num_workers, crop=crop, split=split, shuffle_window=0,
                          skip_bad_samples=False, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
-                         multiprocessing_context=multiprocessing_context)
+                         multiprocessing_context=multiprocessing_context, verify_checksums=verify_checksums)

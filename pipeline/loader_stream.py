@@ -1,7 +1,8 @@
 """What one torch DataLoader worker runs: its share of an epoch, shards -> uint8 batches.
 
 Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
-decodes each sample only when it is due in the seeded order, straight into its place in the batch
+checks each sample against the index as it is read (pipeline/loader_index.py), decodes each sample
+only when it is due in the seeded order, straight into its place in the batch
 (pipeline/loader_layout.py), and yields ("batch", batch number, images, labels, replaced). In a worker
 process the batch buffer is normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and
 `images` is (worker, slot); in-process, or when the caller holds all the worker's slots, it is an NHWC
@@ -24,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline import storage
 from pipeline.augment import crop_origin, mirror, ten_crop
+from pipeline.loader_index import SampleIndex
 from pipeline.loader_layout import BatchLayout
 from pipeline.loader_plan import WorkerPlan, worker_plan
 from pipeline.loader_pool import BatchPool
@@ -47,6 +49,7 @@ class EpochSpec:
     window: int
     resume_batches: int  # the rank's batches already consumed this epoch
     skip_bad: bool
+    index: SampleIndex  # each position's key, label and image checksum: every sample is checked against it
 
 
 class EpochStream(IterableDataset):
@@ -110,6 +113,8 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
             slot += 1
         last_good = _fill_bad(images, labels, bad, last_good, spec)
         yield ("batch", batch_id, payload, labels, len(bad))
+    for _ in samples:  # nothing left to yield, but a shard read to its listed end is checked to end there
+        pass
 
 
 def batch_layout(spec: EpochSpec) -> BatchLayout:
@@ -135,11 +140,15 @@ def _fill_bad(images: np.ndarray, labels: np.ndarray, bad: list[int], last_good,
 
 
 def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.ndarray) -> Iterator[tuple]:
-    """(ordinal, (where, key, members, error)) for every sample of the worker's block, in reading order.
+    """(ordinal, (where, key, jpg, label, error)) for every sample of the worker's block, in reading order
+    (None for a sample consumed before the resume point: it is not checked either).
 
-    A piece whose samples were all consumed before the resume point is not even opened. Once a shard
-    fails, its remaining samples carry the error (so skipping, when asked, is per sample).
+    A piece whose samples were all consumed before the resume point is not even opened. A sample that is
+    not the one the index lists at its position carries the error; once a shard fails, its remaining
+    samples carry the error (so skipping, when asked, is per sample). A shard that holds more samples than
+    the manifest lists fails the epoch (with skip_bad, a warning: the extra samples are never read).
     """
+    index = spec.index
     ordinal = 0
     buffer = bytearray(STREAM_BUFFER)  # one read buffer for all of a worker's streamed shards
     for shard, lo, hi in pieces:
@@ -148,20 +157,33 @@ def _read_pieces(spec: EpochSpec, pieces: list[tuple[int, int, int]], keep: np.n
         if not keep[ordinal:end].any():
             ordinal = end
             continue
+        mismatch = None  # the first sample of this piece that is not the index's: it explains what follows
         try:
             with _open_shard(where) as source:
-                for _, key, members in iter_samples(source, where, lo, hi, buffer):
-                    yield ordinal, (where, key, members, None)
+                for position, key, members in iter_samples(source, where, lo, hi, buffer, spec.shards[shard][1]):
+                    item = None
+                    if keep[ordinal]:
+                        try:
+                            item = (where, key, *index.check(where, shard, position, key, members), None)
+                        except ShardReadError as failure:
+                            item = (where, key, None, None, str(failure))
+                            mismatch = mismatch or item[-1]
+                    yield ordinal, item
                     ordinal += 1
             continue
         except FileNotFoundError:
             error = f"{where}: shard not found (the manifest lists it)"
         except ShardReadError as failure:
+            if ordinal == end:  # every listed sample was read: the shard goes on past the manifest's count
+                if not spec.skip_bad:
+                    raise ShardReadError(mismatch or str(failure)) from None
+                warnings.warn(f"samples the manifest does not list were not read: {failure}", stacklevel=1)
+                continue
             error = str(failure)
         except OSError as failure:
             error = f"{where}: cannot read shard ({failure})"
         while ordinal < end:
-            yield ordinal, (where, None, None, error)
+            yield ordinal, (where, None, None, None, error)
             ordinal += 1
 
 
@@ -171,26 +193,15 @@ def _open_shard(where: str) -> AbstractContextManager:
     return storage.open_input(where) if storage.is_url(where) else nullcontext(map_file(where))
 
 
-def _decode_into(spec: EpochSpec, where: str, key: str | None, members: dict | None, error: str | None,
+def _decode_into(spec: EpochSpec, where: str, key: str | None, jpg, label: int | None, error: str | None,
                  draws: list[float], target: tuple[BatchLayout, np.ndarray, np.ndarray], index: int,
                  out: np.ndarray) -> int:
-    """Decode sample `index` of the batch into `out` (its HWC view of the batch); returns the label.
-    Only .jpg and .cls are ever parsed."""
+    """Decode sample `index` of the batch (checked against the index by `_read_pieces`) into `out` (its
+    HWC view of the batch); returns the label."""
     if error is not None:
         raise ShardReadError(error)
-    for ext in ("jpg", "cls"):
-        if ext not in members:
-            raise ShardReadError(f"{where}: sample {key} has no .{ext} member")
-    raw = bytes(members["cls"])
-    try:
-        label = int(raw)  # ASCII decimal, surrounding whitespace allowed
-    except ValueError:
-        label = -1
-    if not 0 <= label < spec.num_classes:
-        raise ShardReadError(f"{where}: member {key}.cls holds {raw[:20]!r}, not a class index in "
-                             f"[0, {spec.num_classes})")
     layout, buffer, scratch = target
-    jpg, size = members["jpg"], spec.image_size
+    size = spec.image_size
     if spec.mode == "ten_crop":
         image = _decode(where, key, jpg, scratch, spec.crop)
         ten_crop(image, spec.crop, out)

@@ -45,15 +45,16 @@ def map_file(path: str) -> bytes | mmap.mmap:
             return b""
 
 
-def iter_samples(source: Source, where: str, start: int, stop: int,
-                 buffer: bytearray | None = None) -> Iterator[tuple[int, str, dict]]:
+def iter_samples(source: Source, where: str, start: int, stop: int, buffer: bytearray | None = None,
+                 total: int | None = None) -> Iterator[tuple[int, str, dict]]:
     """Yield (position, key, {ext: data}) for the samples at positions [start, stop) of a shard.
 
     `source` is a stream, or the shard's bytes (`map_file`): then `data` is a memoryview into them,
     otherwise bytes. Samples before `start` are passed over without keeping their bytes, and reading
     stops soon after `stop` samples, so a worker that needs only the head of a shard never streams its
     tail. `where` names the shard in errors. `buffer` (reused across shards by one reader) holds a
-    stream's unread bytes.
+    stream's unread bytes. `total` is the shard's sample count as the manifest lists it: a caller that
+    reads to it gets an error when another sample follows (after the last sample was yielded).
     """
     tar = _Archive(source, where, buffer)
     position, key, members = -1, None, {}
@@ -85,6 +86,9 @@ def iter_samples(source: Source, where: str, start: int, stop: int,
                     yield position, key.decode("utf-8", "replace"), members
                 position, key, members = position + 1, member_key, {}
                 if position >= stop:
+                    if stop == total:
+                        raise ShardReadError(f"{where}: holds more than the {total} samples the manifest "
+                                             f"lists (sample {_text(member_key)!r} follows)")
                     return
             if position >= start and ext in WANTED:
                 ext = WANTED[ext]

@@ -16,37 +16,37 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from importlib.metadata import version
 
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.images import CHROMA_SUBSAMPLING
-from pipeline.labels import read_class_list, read_labels
-from pipeline.progress import Progress
+from pipeline.labels import check_class_names, read_class_list, read_labels
+from pipeline.progress import Progress, plural
 from pipeline.shards import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
-                             plan_shards, progress_location, read_manifest, rows_table, write_index,
-                             write_manifest, write_shard)
-from pipeline.sources import Input, find_inputs
+                             plan_shards, progress_location, read_manifest, rows_table, stale_temporaries,
+                             write_index, write_manifest, write_shard)
+from pipeline.sources import Input, Scan, find_inputs
 from pipeline.stats import add_moments, empty_moments, stats_from_moments, write_stats
 
 TRAIN = "train"
+SPLITS = ("train", "val")  # other names with custom_split=True (--custom-split)
 
 
 def shard_split(*, src: str, out: str, split: str, labels: str | None = None, synset_map: str | None = None,
                 classes: str | None = None, shard_size: int = 1000, seed: int = 0, size: int = 256,
                 quality: int = 95, chroma: str = "420", address: str | None = None, max_in_flight: int | None = None,
-                max_skip_fraction: float = 0.01, overwrite: bool = False, limit: int | None = None) -> int:
+                max_skip_fraction: float = 0.01, overwrite: bool = False, limit: int | None = None,
+                custom_split: bool = False) -> int:
     """Shard one split; returns the exit status (0: split finished, manifest written)."""
-    _check_flags(split, shard_size, size, quality, max_skip_fraction, max_in_flight)
+    _check_flags(split, shard_size, size, quality, max_skip_fraction, max_in_flight, custom_split)
     if chroma not in CHROMA_SUBSAMPLING:
         raise UserError(f"--chroma {chroma}: use one of {', '.join(CHROMA_SUBSAMPLING)}")
     started = time.monotonic()
     labels_map = read_labels(labels, synset_map) if labels else None
-    inputs = find_inputs(src, labels_map)
-    if limit is not None:
-        inputs = inputs[:limit]
-    class_list = _class_list(out, split, classes, inputs)
+    scan = find_inputs(src, labels_map)
+    inputs = scan.inputs[:limit] if limit is not None else scan.inputs
+    class_list = _class_list(out, split, classes, scan, inputs)
     label_of = {synset: index for index, (synset, _) in enumerate(class_list)}
     unknown = sorted({item.synset for item in inputs} - label_of.keys())
     if unknown:
@@ -56,31 +56,38 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
     config = {"format": FORMAT_VERSION, "split": split, "seed": seed, "shard_size": shard_size,
               "image_size": size, "jpeg_quality": quality, "chroma_subsampling": chroma,
               "inputs_sha256": _digest([[i.key, i.path, i.synset] for i in inputs]),
-              "classes_sha256": _digest(class_list)}
+              "skipped_sha256": _digest(scan.skipped), "classes_sha256": _digest(class_list)}
     check_writable(out)
     if _already_done(out, split, config, overwrite):
         print(f"{split}: already complete in {out} (same configuration); nothing to do")
         return 0
+    for name in stale_temporaries(out, split):  # a killed task's half-written shard, never renamed
+        storage.delete(storage.join(out, name))
     storage.write_bytes_atomic(progress_location(out, split, "config.json"), json.dumps(config).encode())
 
     plan = plan_shards(inputs, seed, shard_size)
-    records = _run_shard_tasks(out, split, plan, label_of, size=size, quality=quality, chroma=chroma,
+    progress = Progress(len(inputs), len(plan), start=started)
+    records = _run_shard_tasks(out, split, plan, label_of, progress, size=size, quality=quality, chroma=chroma,
                                address=address, max_in_flight=max_in_flight)
-    skipped = [entry for record in records for entry in record["skipped"]]
-    if len(inputs) and len(skipped) / len(inputs) > max_skip_fraction:
-        reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in skipped[:3])
-        raise UserError(f"{len(skipped)} of {len(inputs)} inputs could not be used (more than "
+    unreadable = [entry for record in records for entry in record["skipped"]]
+    if len(inputs) and len(unreadable) / len(inputs) > max_skip_fraction:
+        reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in unreadable[:3])
+        raise UserError(f"{len(unreadable)} of {len(inputs)} inputs could not be used (more than "
                         f"--max-skip-fraction {max_skip_fraction}), e.g. {reasons}. The shards written so "
                         "far are kept; fix the inputs or raise the fraction and rerun")
-    _finish(out, split, src, config, class_list, records, skipped, len(inputs))
-    _print_summary(split, out, len(inputs), records, skipped, time.monotonic() - started)
+    skipped = scan.skipped + unreadable  # left out by the layout rules, then unreadable inputs
+    _finish(out, split, src, config, class_list, records, skipped, len(inputs) + len(scan.skipped))
+    _print_summary(split, out, progress, records, skipped)
     return 0
 
 
 def _check_flags(split: str, shard_size: int, size: int, quality: int, max_skip: float,
-                 max_in_flight: int | None) -> None:
-    if not split or not split.replace("_", "").isalnum():
+                 max_in_flight: int | None, custom_split: bool) -> None:
+    if not split or not split.replace("_", "").isalnum() or not split.isascii():
         raise UserError(f"--split {split!r}: use letters, digits and '_' only (it names the shard files)")
+    if split not in SPLITS and not custom_split:
+        raise UserError(f"--split {split}: use {' or '.join(SPLITS)} (a split of another name, e.g. test, "
+                        "needs --custom-split)")
     if shard_size < 1:
         raise UserError(f"--shard-size {shard_size}: must be at least 1")
     if size < 8:
@@ -99,12 +106,16 @@ def _class_source(out: str, split: str, classes: str | None) -> str:
     return "the sorted synsets of the input" if split == TRAIN else manifest_location(out, TRAIN)
 
 
-def _class_list(out: str, split: str, classes: str | None, inputs: list[Input]) -> list[tuple[str, str]]:
+def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: list[Input]) -> list[tuple[str, str]]:
     """[(synset, name)]; position = class index (DESIGN.md, "Class indices")."""
     if classes:
         return read_class_list(classes)
     if split == TRAIN:
-        return [(synset, "") for synset in sorted({item.synset for item in inputs})]
+        synsets = sorted(set(scan.class_folders or ()) | {item.synset for item in inputs})
+        empty = sorted(set(synsets) - {item.synset for item in inputs})
+        for warning in check_class_names(synsets, empty):
+            print(f"warning: {warning}", file=sys.stderr)
+        return [(synset, "") for synset in synsets]
     if not storage.exists(manifest_location(out, TRAIN)):
         raise UserError(f"split {split!r} takes its class indices from the train split: shard the train split "
                         f"into {out} first, or give a class list with --classes")
@@ -120,9 +131,9 @@ def _already_done(out: str, split: str, config: dict, overwrite: bool) -> bool:
     """True for a finished split made the same way; refuses (or with overwrite clears) a different one."""
     previous = None
     if storage.exists(manifest_location(out, split)):
-        previous = read_manifest(out, split).get("config")
+        previous = _read_json(manifest_location(out, split)).get("config")  # any format: --overwrite clears it
     elif storage.exists(progress_location(out, split, "config.json")):
-        previous = json.loads(storage.read_bytes(progress_location(out, split, "config.json")))
+        previous = _read_json(progress_location(out, split, "config.json"))
     finished = storage.exists(manifest_location(out, split))
     if previous == config and finished and not overwrite:
         return True
@@ -137,8 +148,17 @@ def _already_done(out: str, split: str, config: dict, overwrite: bool) -> bool:
     return False
 
 
-def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int], *, size: int,
-                     quality: int, chroma: str, address: str | None, max_in_flight: int | None) -> list[dict]:
+def _read_json(location: str) -> dict:
+    try:
+        return json.loads(storage.read_bytes(location))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{location} is not valid JSON ({error}): delete it and rerun (finished shards are kept)") \
+            from None
+
+
+def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int], progress: Progress,
+                     *, size: int, quality: int, chroma: str, address: str | None,
+                     max_in_flight: int | None) -> list[dict]:
     """One Ray task per shard, at most `max_in_flight` at once (so memory does not grow with the
     dataset), each retried by Ray on failure; records come back in shard order."""
     import ray
@@ -149,7 +169,6 @@ def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: di
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(write_shard)
     records: list[dict | None] = [None] * len(plan)
     pending: dict = {}
-    progress = Progress(sum(len(s) for s in plan), len(plan))
     next_shard = 0
     while next_shard < len(plan) or pending:
         while next_shard < len(plan) and len(pending) < limit:
@@ -186,7 +205,6 @@ def _finish(out: str, split: str, src: str, config: dict, class_list: list[tuple
         write_stats(out, stats_from_moments(moments))
     manifest = {
         "format": FORMAT_VERSION, "tool": f"alexnet-ray {version('alexnet-ray')}",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": src if storage.is_url(src) else os.path.abspath(src),
         "split": split, "seed": config["seed"], "shard_size": config["shard_size"],
         "image_size": config["image_size"], "jpeg_quality": config["jpeg_quality"],
@@ -200,11 +218,11 @@ def _finish(out: str, split: str, src: str, config: dict, class_list: list[tuple
     clear_progress(out, split)
 
 
-def _print_summary(split: str, out: str, found: int, records: list[dict], skipped: list[dict],
-                   seconds: float) -> None:
+def _print_summary(split: str, out: str, progress: Progress, records: list[dict], skipped: list[dict]) -> None:
+    """Counts and rate as the progress bar's last line gave them (the same clock, the same inputs)."""
     written = sum(r["samples"] for r in records)
-    print(f"{split}: {found} inputs found, {written} samples written in {len(records)} shards, "
-          f"{len(skipped)} skipped -> {out} ({seconds:.1f}s, {written / max(seconds, 1e-9):.0f} images/s)")
+    print(f"{split}: {plural(written, 'sample')} written in {plural(len(records), 'shard')} -> {out}; "
+          f"{plural(len(skipped), 'entry', 'entries')} skipped ({progress.rate_text()})")
     for entry in skipped[:20]:
         print(f"  skipped {entry['path']}: {entry['reason']}", file=sys.stderr)
     if len(skipped) > 20:

@@ -13,17 +13,15 @@ A source is a `Source(location, offset, length)`: offset None means "the whole f
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 import sys
 import tarfile
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
-
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.scan_rules import HIDDEN, list_remote, read_local_file, skip_entry, walk_local
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -45,9 +43,12 @@ class Input:
 
 
 def read_source(source: Source) -> bytes:
-    """The bytes of one input: a whole file, or a byte range of a tar (a ranged GET on object storage)."""
+    """The bytes of one input: a whole file, or a byte range of a tar (a ranged GET on object storage).
+    A local file that cannot be an image (not a regular file, a dangling symlink, a loop) is BadImage."""
     if source.offset is None:
-        return storage.read_bytes(source.location)
+        if storage.is_url(source.location):
+            return storage.read_bytes(source.location)
+        return read_local_file(source.location)
     if not storage.is_url(source.location):
         with open(source.location, "rb") as f:
             f.seek(source.offset)
@@ -73,55 +74,55 @@ def is_tar(src: str) -> bool:
     return src.lower().endswith(".tar") and not storage.is_dir(src)
 
 
-def find_inputs(src: str, labels: dict[str, str] | None = None) -> list[Input]:
-    """Every candidate input of SRC, sorted by path, with unique keys.
+@dataclass
+class Scan:
+    """What the scan saw: every entry ends in `inputs` or in `skipped` (the manifest lists both)."""
+    inputs: list[Input]
+    skipped: list[dict]  # {"path", "reason"}, sorted by path: entries the layout rules leave out
+    class_folders: list[str] | None  # class layouts: every class folder or per-class tar, even an empty one
+
+
+def find_inputs(src: str, labels: dict[str, str] | None = None) -> Scan:
+    """Every candidate input of SRC, sorted by path, with unique keys, and what was left out and why.
 
     `labels` maps a flat folder's file names (or stems) to synsets; without it SRC must hold class folders.
+    Entries are never opened here: a FIFO, socket, device, dangling symlink or symlink loop named like an
+    image is an input that its shard task skips with the reason (it opens without blocking).
     """
     if not storage.exists(src):
         raise UserError(f"input {src} does not exist")
     if is_tar(src):
-        found = list(_scan_train_tar(src))
+        found, skipped, classes = _scan_train_tar(src)
     else:
-        found = _scan_folder(src, labels)
+        found, skipped, classes = _scan_folder(src, labels)
     if not found:
         raise UserError(f"input {src} holds no image files (expected class folders <synset>/*.JPEG, a flat "
                         "folder with --labels, or the train tar of per-class tars)")
     found.sort(key=lambda item: item[0])
     keys = assign_keys([path for path, _, _ in found])
-    return [Input(key, path, synset, source) for key, (path, synset, source) in zip(keys, found)]
+    inputs = [Input(key, path, synset, source) for key, (path, synset, source) in zip(keys, found)]
+    return Scan(inputs, sorted(skipped, key=lambda e: e["path"]), classes)
 
 
-def _list_files(src: str) -> list[tuple[str, int]]:
-    """(path relative to src with '/', size) of every file under src."""
-    if not storage.is_url(src):
-        root = os.path.abspath(src)
-        out = []
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            dirs.sort()
-            rel = os.path.relpath(folder, root)
-            for name in files:
-                out.append(((name if rel == "." else f"{rel}/{name}").replace(os.sep, "/"), 0))
-        return out
-    fs, path = storage.resolve(src)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    base = path.rstrip("/") + "/"
-    return [(i.path[len(base):], i.size) for i in infos if i.type == pafs.FileType.File]
-
-
-def _scan_folder(src: str, labels: dict[str, str] | None) -> list[tuple[str, str, Source]]:
-    files = [rel for rel, _ in _list_files(src) if not posixpath.basename(rel).startswith(".")]
+def _scan_folder(src: str, labels: dict[str, str] | None):
+    files, folders, skipped = list_remote(src) if storage.is_url(src) else walk_local(src)
     nested = [rel for rel in files if "/" in rel]
-    images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
-        return []
+        return [], skipped, None
     if labels is None:
         if not nested:
             raise UserError(f"input {src} is a flat folder: give its labels with --labels "
                             "(CSV 'file,synset', LOC_val_solution.csv, or the devkit ground truth)")
         # class folders: the first path component is the synset; files of any name count (a PNG or a
         # text file named .JPEG is found here and skipped later with its reason)
-        return [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
+        skipped += [skip_entry(rel, "not inside a class folder (class folders label their images; "
+                               "this file has none)") for rel in files if "/" not in rel]
+        found = [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
+        return found, skipped, folders
+    images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
+    if images:
+        skipped += [skip_entry(rel, "not an image file name (with --labels, files named like images are read)")
+                    for rel in files if not rel.lower().endswith(IMAGE_SUFFIXES)]
     found, unlabelled = [], []
     for rel in images if images else files:
         synset = labels.get(posixpath.basename(rel)) or labels.get(_stem(posixpath.basename(rel)))
@@ -132,32 +133,52 @@ def _scan_folder(src: str, labels: dict[str, str] | None) -> list[tuple[str, str
     if unlabelled:
         raise UserError(f"the label file has no entry for {len(unlabelled)} image(s) in {src}, "
                         f"e.g. {unlabelled[0]}")
-    return found
+    return found, skipped, None
 
 
-def _scan_train_tar(src: str) -> list[tuple[str, str, Source]]:
+def _scan_train_tar(src: str):
     """One pass over the outer tar's headers (inner tars read through in-place, never extracted)."""
-    found = []
+    found, skipped, classes = [], [], []
     with storage.open_input(src) as stream:
         try:
             outer = tarfile.open(fileobj=stream, mode="r|")
             for member in outer:
+                if member.isdir():
+                    continue
                 if not member.isfile():
+                    skipped.append(skip_entry(member.name, f"not a regular file in the tar ({_tar_kind(member)})"))
                     continue
                 name = posixpath.basename(member.name)
                 if not name.lower().endswith(".tar"):
                     raise UserError(f"{src}: member {member.name} is not a per-class tar "
                                     "(expected ILSVRC2012_img_train.tar's layout: <synset>.tar members)")
                 synset = name[: -len(".tar")]
+                classes.append(synset)
                 base = member.offset_data
                 inner = tarfile.open(fileobj=outer.extractfile(member), mode="r|")
                 for item in inner:
-                    if item.isfile():
+                    rel = f"{synset}/{item.name}"
+                    if item.isdir():
+                        continue
+                    if any(part.startswith(".") for part in item.name.split("/")):
+                        skipped.append(skip_entry(rel, HIDDEN))
+                    elif not item.isfile():
+                        skipped.append(skip_entry(rel, f"not a regular file in the tar ({_tar_kind(item)})"))
+                    else:
                         rel = f"{synset}/{posixpath.basename(item.name)}"
                         found.append((rel, synset, Source(src, base + item.offset_data, item.size)))
         except tarfile.TarError as error:
             raise UserError(f"{src}: not a readable tar ({error})") from None
-    return found
+    return found, skipped, sorted(classes)
+
+
+def _tar_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symlink to {member.linkname}"
+    if member.islnk():
+        return f"hard link to {member.linkname}"
+    return {tarfile.FIFOTYPE: "FIFO", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}.get(
+        member.type, f"type {member.type!r}")
 
 
 def _stem(name: str) -> str:

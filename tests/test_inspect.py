@@ -27,9 +27,16 @@ def test_verify_names_a_damaged_or_missing_shard(sharded_dataset, tmp_path):
     data[5000] ^= 0xFF  # one flipped bit pattern inside an image: same size, different sha256
     shard.write_bytes(bytes(data))
     (copy / "train-000003.tar").unlink()
+    (copy / ".train-000005.tar.k1ll3d.tmp").write_bytes(data[:700])  # what a task killed mid-write leaves
+    manifest = json.loads((copy / "val.manifest.json").read_text())
+    manifest["shards"][1]["samples"] = 15  # lists fewer samples than the shard holds
+    (copy / "val.manifest.json").write_text(json.dumps(manifest))
     result = run_cli("inspect", copy, "--verify", check=False)
     assert result.returncode == 1
     assert "val-000002.tar: sha256 differs" in result.stdout and "train-000003.tar: missing" in result.stdout
+    assert "val.index.parquet does not match val.manifest.json (val-000001.tar: the index lists 16 samples, the " \
+           "manifest 15)" in result.stdout
+    assert "leftover temporary file .train-000005.tar.k1ll3d.tmp" in result.stdout
 
 
 def test_unfinished_split_is_reported(sharded_dataset, tmp_path):
@@ -53,6 +60,6 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
         progress = Progress(100, 4, stream=stream, interval_s=0)
         for _ in range(4):
             progress.update(25)
-    assert "\r[" in bar.getvalue() and "#" * 30 in bar.getvalue() and "images/s" in bar.getvalue()
+    assert "\r[" in bar.getvalue() and "#" * 30 in bar.getvalue() and "inputs/s" in bar.getvalue()
     lines = log.getvalue().splitlines()
-    assert "\r" not in log.getvalue() and lines[-1].startswith("shard: 100/100 images, 4/4 shards")
+    assert "\r" not in log.getvalue() and lines[-1].startswith("shard: 100/100 inputs, 4/4 shards")

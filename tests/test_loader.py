@@ -10,12 +10,14 @@ import io
 import json
 import pickle
 import random
+import re
 import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -302,7 +304,7 @@ def test_images_not_of_the_manifest_size_are_cropped_from_their_own_pixels(shard
     write({wide, small})
     with pytest.raises(ShardReadError, match=rf"train-000003\.tar: member {small} is 300x200, smaller than the "
                                               "224-pixel crop"):
-        list(TrainLoader(str(folder), 16, num_workers=2))
+        list(TrainLoader(str(folder), 16, num_workers=2, verify_checksums=False))  # replaced images: new CRCs
 
     write({wide})
     label = int(dict((m.name, d) for m, d in members)[wide.replace(".jpg", ".cls")])
@@ -310,13 +312,13 @@ def test_images_not_of_the_manifest_size_are_cropped_from_their_own_pixels(shard
     assert source.shape == (260, 300, 3)
     seen = 0
     for num_workers in (0, 2):
-        for images, labels in TrainLoader(str(folder), 16, num_workers=num_workers, seed=4):
+        for images, labels in TrainLoader(str(folder), 16, num_workers=num_workers, seed=4, verify_checksums=False):
             for patch, got in zip(nhwc(images), labels.tolist()):
                 if got == label:
                     assert find_patch(source, patch) is not None
                     seen += 1
     assert seen == 2
-    (images, labels), = [b for b in EvalLoader(str(folder), 317, split="train", num_workers=1)]
+    (images, labels), = [b for b in EvalLoader(str(folder), 317, split="train", num_workers=1, verify_checksums=False)]
     centre = nhwc(images)[labels.tolist().index(label)]
     assert np.array_equal(centre, source[18:242, 38:262])
 
@@ -354,6 +356,8 @@ def test_corrupt_jpeg_fails_clearly_or_is_replaced_when_asked(small_dataset, tmp
     shard.write_bytes(bytes(data))
 
     with pytest.raises(ShardReadError, match=rf"train-000001\.tar: member {member.name} is not a readable JPEG"):
+        list(TrainLoader(str(folder), 8, num_workers=2, verify_checksums=False))  # the decoder's own error
+    with pytest.raises(ShardReadError, match=rf"train-000001\.tar: member {member.name} does not match its CRC32C"):
         list(TrainLoader(str(folder), 8, num_workers=2))
 
     loader = TrainLoader(str(folder), 8, num_workers=2, skip_bad_samples=True)
@@ -450,3 +454,95 @@ def test_training_crops_take_every_offset(sharded_dataset):
                 rows.add(row)
                 cols.add(256 - crop - col if flipped else col)  # the column in the unmirrored image
         assert rows == cols == set(range(256 - crop + 1)), (crop, sorted(rows), sorted(cols))
+
+
+# --- every sample checked against the index ----------------------------------------------------------
+
+def rewrite_shard(shard: Path, edit) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """Rewrite a shard with `edit(members)` applied to its [(info, data)]; returns the original members."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(shard, "w") as out:
+        for info, data in edit(list(members)):
+            info = tarfile.TarInfo(info) if isinstance(info, str) else info
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return members
+
+
+def test_a_sample_the_index_does_not_list_is_never_trained_on(small_dataset, tmp_path):
+    from pipeline.inspect import verify_split
+    from pipeline.shards import read_manifest
+
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    shard = folder / "train-000002.tar"
+
+    def insert_foreign(members):  # a foreign sample at position 5, made of another sample's image
+        foreign = [("../../tmp/x.jpg", members[0][1]), ("../../tmp/x.cls", b"3"), ("../../tmp/x.json", b"{}")]
+        return members[:15] + foreign + members[15:]
+
+    members = rewrite_shard(shard, insert_foreign)
+    key5 = members[15][0].name.split(".")[0]
+    message = rf"train-000002\.tar: position 5 holds sample '\.\./\.\./tmp/x', the index lists '{key5}'"
+    with pytest.raises(ShardReadError, match=message):
+        list(TrainLoader(str(folder), 8, num_workers=0))
+    size, sample = verify_split(str(folder), "train", read_manifest(str(folder), "train"))  # inspect --verify
+    assert "train-000002.tar: 419840 bytes, manifest says 409600" in size and re.search(message, sample)
+
+    loader = TrainLoader(str(folder), 8, num_workers=0, skip_bad_samples=True)  # in-process: warnings seen here
+    with pytest.warns(UserWarning) as caught:
+        batches = list(loader)
+    assert len(batches) == 15 and loader.replaced_samples == 11  # positions 5..15 of the 16 the index lists
+    assert any("holds more than the 16 samples the manifest lists" in str(w.message) for w in caught)
+
+
+def test_cls_must_be_exactly_the_index_label(sharded_dataset, tmp_path):
+    folder = copy_split(sharded_dataset, "train", tmp_path / "data")
+    rows = pq.read_table(folder / "train.index.parquet").to_pylist()
+    for label, lenient in ((10, b"1_0"), (5, b" +5 ")):  # int() would read both as the label
+        row = next(r for r in rows if r["label"] == label)
+        shard = folder / row["shard"]
+        members = rewrite_shard(shard, lambda ms: [(i, lenient if i.name == f"{row['key']}.cls" else d) for i, d in ms])
+        with pytest.raises(ShardReadError, match=rf"{row['shard']}: member {row['key']}\.cls holds "
+                                                  rf"{re.escape(repr(lenient))}, the index lists label {label}"):
+            list(EvalLoader(str(folder), 64, split="train", num_workers=0))
+        rewrite_shard(shard, lambda _: members)
+
+
+def test_silent_jpeg_damage_is_caught_by_the_index_checksum(small_dataset, tmp_path):
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    shard = folder / "train-000003.tar"
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar if m.name.endswith(".jpg")][2]
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0x10  # one bit in the entropy-coded data: same size
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardReadError, match=rf"train-000003\.tar: member {member.name} does not match its "
+                                              "CRC32C in the index"):
+        list(TrainLoader(str(folder), 8, num_workers=0))
+    loader = TrainLoader(str(folder), 8, num_workers=0, skip_bad_samples=True)
+    with pytest.warns(UserWarning, match="1 unreadable samples were replaced"):
+        assert len(list(loader)) == 15
+    assert loader.replaced_samples == 1
+
+
+def test_manifest_and_index_disagreeing_with_a_shard_are_refused(small_dataset, tmp_path):
+    folder = copy_split(small_dataset, "train", tmp_path / "data")
+    manifest_path = folder / "train.manifest.json"
+    original = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][1]["samples"] = 15  # lists fewer samples than the shard holds
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"train\.index\.parquet does not match train\.manifest\.json "
+                                         r"\(train-000001\.tar: the index lists 16 samples, the manifest 15\)"):
+        TrainLoader(str(folder), 8)
+    index = pq.read_table(folder / "train.index.parquet")  # the index edited the same way: the shard tells
+    keep = [not (r["shard"] == "train-000001.tar" and r["position"] == 15) for r in index.to_pylist()]
+    pq.write_table(index.filter(keep), folder / "train.index.parquet")
+    with pytest.raises(ShardReadError, match=r"train-000001\.tar: holds more than the 15 samples the manifest lists"):
+        list(EvalLoader(str(folder), 16, split="train", num_workers=0))
+
+    original["format"] = 1  # a dataset made by the previous version
+    manifest_path.write_text(json.dumps(original))
+    with pytest.raises(UserError, match=r"train\.manifest\.json has format 1; .*--overwrite"):
+        TrainLoader(str(folder), 8)

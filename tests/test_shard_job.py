@@ -168,11 +168,13 @@ def test_killed_run_resumes_to_the_same_bytes_and_reruns_are_idempotent(tmp_path
     done_at_kill = len(list(records.glob("*.tar.json")))
     assert 3 <= done_at_kill < 16 and not (killed / "train.manifest.json").exists()
 
+    (killed / ".train-000015.tar.k1ll3d.tmp").write_bytes(b"half a shard")  # a task killed mid-write
     result = run_cli("shard", src, killed, *args)
     assert "16 shards" in result.stdout
     assert _shard_bytes(killed) == _shard_bytes(tmp_path / "a") and len(_shard_bytes(killed)) == 16
     assert (killed / "train.index.parquet").read_bytes() == (tmp_path / "a" / "train.index.parquet").read_bytes()
     assert read_stats(str(killed)) == read_stats(str(tmp_path / "a"))
+    assert (killed / "train.manifest.json").read_bytes() == (tmp_path / "a" / "train.manifest.json").read_bytes()
     assert not list(killed.glob(".*.tmp")) and not (killed / ".progress").exists()
 
     again = run_cli("shard", src, killed, *args)

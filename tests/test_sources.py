@@ -7,6 +7,7 @@ import pytest
 from imagenet_trees import class_tree, flat_val, sample_files, synset_of, train_tar
 from pipeline.errors import UserError
 from pipeline.labels import read_class_list, read_labels
+from pipeline.scan_rules import HIDDEN
 from pipeline.sources import assign_keys, find_inputs, read_source
 
 
@@ -17,9 +18,12 @@ def images():
 
 def test_class_folders(tmp_path, images):
     root = class_tree(tmp_path / "train", images, per_class=2)
-    (root / images[0].name.split("_")[0] / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
-    inputs = find_inputs(str(root))
+    (root / images[0].name.split("_")[0] / ".DS_Store").write_bytes(b"junk")  # hidden: skipped, reported
+    scan = find_inputs(str(root))
+    inputs = scan.inputs
     assert len(inputs) == 12
+    assert scan.skipped == [{"path": f"{synset_of(images[0])}/.DS_Store", "reason": HIDDEN}]
+    assert scan.class_folders == sorted({synset_of(image) for image in images})
     assert [i.path for i in inputs] == sorted(i.path for i in inputs)
     assert {i.synset for i in inputs} == {synset_of(image) for image in images}
     first = inputs[0]
@@ -30,7 +34,7 @@ def test_class_folders(tmp_path, images):
 def test_train_tar_of_class_tars_is_read_in_place(tmp_path, images):
     root = class_tree(tmp_path / "train", images, per_class=2)
     tar = train_tar(root, tmp_path / "ILSVRC2012_img_train.tar")
-    from_tar, from_folder = find_inputs(str(tar)), find_inputs(str(root))
+    from_tar, from_folder = find_inputs(str(tar)).inputs, find_inputs(str(root)).inputs
     assert [(i.key, i.path, i.synset) for i in from_tar] == [(i.key, i.path, i.synset) for i in from_folder]
     for item in from_tar:  # each byte range is exactly the original file
         assert item.source.location == str(tar) and item.source.offset > 0
@@ -42,7 +46,7 @@ def test_train_tar_of_class_tars_is_read_in_place(tmp_path, images):
 def test_flat_val_with_each_label_form(tmp_path, images, form):
     folder, label_file, synset_map, truth = flat_val(tmp_path, images, per_image=2, labels=form)
     labels = read_labels(str(label_file), str(synset_map) if synset_map else None)
-    inputs = find_inputs(str(folder), labels)
+    inputs = find_inputs(str(folder), labels).inputs
     assert {i.path: i.synset for i in inputs} == truth
     assert [i.key for i in inputs][:2] == ["ILSVRC2012_val_00000001", "ILSVRC2012_val_00000002"]
 
@@ -93,3 +97,13 @@ def test_class_list_forms(tmp_path):
     words.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
     assert read_class_list(str(tsv)) == [("n01440764", "tench"), ("n01443537", "goldfish")]
     assert read_class_list(str(words))[1] == ("n01443537", "goldfish, Carassius auratus")
+
+
+def test_train_tar_reports_hidden_members_and_keeps_empty_class_tars(tmp_path, images):
+    root = class_tree(tmp_path / "train", images[:2])
+    (root / synset_of(images[0]) / ".DS_Store").write_bytes(b"junk")
+    (root / "n00000001").mkdir()  # becomes an empty per-class tar
+    scan = find_inputs(str(train_tar(root, tmp_path / "ILSVRC2012_img_train.tar")))
+    assert scan.skipped == [{"path": f"{synset_of(images[0])}/.DS_Store", "reason": HIDDEN}]
+    assert [i.path for i in scan.inputs] == sorted(f"{synset_of(i)}/{synset_of(i)}_0.JPEG" for i in images[:2])
+    assert scan.class_folders == ["n00000001"] + sorted(synset_of(i) for i in images[:2])
