@@ -93,7 +93,7 @@ def _tile(filters: np.ndarray, per_row: int) -> np.ndarray:
 
 def _markdown(report: dict, epochs: list[dict]) -> str:
     rows = "\n".join(
-        f"| {r['epoch'] + 1} | {r.get('lr', float('nan')):.4g} | {r.get('train_loss', float('nan')):.3f} | "
+        f"| {r['epoch']} | {r.get('lr', float('nan')):.4g} | {r.get('train_loss', float('nan')):.3f} | "
         f"{r.get('val_loss', float('nan')):.3f} | {r.get('val_top1_error', float('nan')):.3f} | "
         f"{r.get('val_top5_error', float('nan')):.3f} | {r.get('decision', '')} |" for r in epochs)
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
