@@ -79,6 +79,11 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
         assert f"({picture})" in markdown
         assert Image.open(out / picture).format == "PNG"
     assert f"{report['top1_error']:.3f}" in markdown
+    assert report["seed"] == 0 and "seed 0 (`alexnet demo --seed 0`)" in markdown
+    epochs = [json.loads(line) for line in (out / "runs" / "demo" / "metrics.jsonl").read_text().splitlines()]
+    numbers = [r["epoch"] for r in epochs if r["kind"] == "epoch"]
+    assert numbers == list(range(1, report["epochs"] + 1))  # the report's table rows are these numbers
+    assert all(f"\n| {n} | " in markdown for n in numbers) and "\n| 0 | " not in markdown
     manifest = json.loads((out / "shards" / "train.manifest.json").read_text())
     assert manifest["total_samples"] == 256  # the grayscale, CMYK and PNG inputs were all converted
     assert [c["name"] for c in manifest["classes"]][:2] == ["horizontal stripes", "vertical stripes"]
