@@ -22,11 +22,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for one demo output per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a seed's finished report.json from an earlier call instead of rerunning it")
     parser.add_argument("demo_args", nargs="*", help="more `alexnet demo` arguments, after --")
     args = parser.parse_args()
     rows = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed-{seed}"
+        if args.reuse and (out / "report.json").is_file():
+            report = json.loads((out / "report.json").read_text())
+            rows.append({k: report[k] for k in ("seed", "top1_error", "top5_error", "epochs", "best_epoch")})
+            continue
         command = [sys.executable, "-m", "jobs.cli", "demo", "--out", str(out), "--seed", str(seed),
                    *args.demo_args]
         print("$ " + " ".join(command[2:]), flush=True)
