@@ -44,7 +44,8 @@ def main() -> int:
         rows.append({k: report[k] for k in ("seed", "top1_error", "top5_error", "epochs", "best_epoch")})
     print("\n| seed | ten-crop top-1 error | ten-crop top-5 error | epochs (best) |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seed']} | {r['top1_error']:.3f} | {r['top5_error']:.3f} | {r['epochs']} ({r.get('best_epoch')}) |")
+        print(f"| {r['seed']} | {r['top1_error']:.3f} | {r['top5_error']:.3f} | "
+              f"{r['epochs']} ({r.get('best_epoch')}) |")
     top1 = [r["top1_error"] for r in rows]
     top5 = [r["top5_error"] for r in rows]
     print(f"| median | {statistics.median(top1):.3f} | {statistics.median(top5):.3f} | |")

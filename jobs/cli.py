@@ -224,9 +224,10 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in [("list", "every job on the cluster"), ("status", "one job's state (exit status 1 when it failed or was stopped)"),
+    for action, text in [("list", "every job on the cluster"),
+                         ("status", "one job's state (exit status 1 when it failed or was stopped)"),
                          ("logs", "one job's output"), ("stop", "stop a running job and wait until it has")]:
-        q = actions.add_parser(action, help=text)
+        q = actions.add_parser(action, help=text, description=text)
         if action != "list":
             q.add_argument("job_id", metavar="ID", help="submission id printed by `alexnet submit`")
         if action == "logs":
