@@ -35,13 +35,12 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
 
     config = _absolute_storage(config)
     check_dataset(config.data)
-    from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
-
     run_dir = storage.join(config.storage, config.name)
     if not fresh:
         if _finished(config, run_dir):
             return 0
         _check_same_run(config, run_dir)
+    from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
     with own_ray(address, {"env_vars": _forwarded_env()}):
         _check_resources(config, ray.cluster_resources())
@@ -138,9 +137,10 @@ def _finished(config: TrainConfig, run_dir: str) -> bool:
     if not ends:
         return False
     end = ends[-1]
+    suggested = config.epochs if config.epochs > end["epochs"] else 2 * end["epochs"]
     print(f"alexnet train: run {run_dir} finished after {end['epochs']} epochs ({end['reason']}); nothing to "
           f"do. A finished run is not extended in place: to train longer, start it over with --fresh and "
-          f"a larger epochs (e.g. --set epochs={max(config.epochs, end['epochs'] * 2)}), or under another "
+          f"a larger epochs (e.g. --set epochs={suggested}), or under another "
           f"--name", flush=True)
     return True
 
