@@ -246,10 +246,11 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=8, help="generated classes, 2-10 (default 8)")
     p.add_argument("--train-per-class", type=int, default=100, help="generated training images per class (default 100)")
     p.add_argument("--val-per-class", type=int, default=25, help="generated validation images per class (default 25)")
-    p.add_argument("--epochs", type=int, default=8, help="maximum epochs (default 8)")
+    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
     p.add_argument("--width", type=float, default=0.25, help="model width scale (default 0.25)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01, the paper's)")
+    p.add_argument("--lr", type=float, default=0.005, help="initial learning rate (default 0.005: at width 0.25 "
+                   "and batch 32 the paper's 0.01 spikes to chance on some seeds)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice: generated images, shard "
                    "order, init, augmentation (default 0); the report records it")
     p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local instance)")

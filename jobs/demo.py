@@ -22,8 +22,8 @@ from pipeline.errors import UserError
 
 
 def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per_class: int = 100,
-             val_per_class: int = 25, epochs: int = 8, width: float = 0.25, batch_size: int = 32,
-             lr: float = 0.01, seed: int = 0, address: str | None = None) -> int:
+             val_per_class: int = 25, epochs: int = 10, width: float = 0.25, batch_size: int = 32,
+             lr: float = 0.005, seed: int = 0, address: str | None = None) -> int:
     from jobs.synthetic import check_budget
     from trainer.config import resolve_config
 

@@ -63,7 +63,7 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
     out = tmp_path / "demo"
     # 8 steps per epoch at the demo's batch 32 (batch 16 is unstable at lr 0.01), 48 steps in all
     result = run_cli("demo", "--out", out, "--classes", "4", "--train-per-class", "64", "--val-per-class", "6",
-                     "--epochs", "6", "--batch-size", "32", "--address", ray_head, timeout=600)
+                     "--epochs", "6", "--batch-size", "32", "--lr", "0.01", "--address", ray_head, timeout=600)
     assert "alexnet demo: done" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["classes"] == 4 and report["train_images"] == 256 and report["val_images"] == 24
