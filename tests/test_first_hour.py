@@ -128,13 +128,12 @@ def test_a_run_beside_another_ray_its_console_files_and_a_second_call(small_data
     written = [run / "config.json", run / "metrics.jsonl", run / "best" / "checkpoint.pt",
                run / "plots" / "loss.png", run / "plots" / "error.png"]
     assert {p.name: oct(_mode(p)) for p in written} == {p.name: "0o640" for p in written}
+    # the session's dataset (manifests, indexes, stats) was written under this process's umask, 022 usually
     umask = os.umask(0)
     os.umask(umask)
-    dataset = [p for p in Path(small_dataset).iterdir() if not p.name.endswith(".tar")]  # manifests, stats
+    dataset = [p for p in Path(small_dataset).iterdir() if not p.name.endswith(".tar")]
+    assert len(dataset) >= 5
     assert {p.name: oct(_mode(p)) for p in dataset} == {p.name: oct(0o666 & ~umask) for p in dataset}
-    subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *alexnet_cmd("plot", run)], check=True,
-                   capture_output=True, timeout=120)
-    assert oct(_mode(run / "plots" / "loss.png")) == "0o644"
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]

@@ -135,6 +135,7 @@ def test_submitted_train_job_writes_a_run(dashboard_url, small_dataset, tmp_path
     runs = tmp_path / "runs"
     result = run_cli("submit", "--address", dashboard_url, "--", "train", "--data", small_dataset,
                      "--name", "tiny", "--storage", runs, "--set", "epochs=1", "--set", "steps_per_epoch=3",
+                     "--set", "log_every_steps=1",
                      *TINY_TRAIN, timeout=400)
     assert "succeeded" in result.stdout and "alexnet train: finished" in result.stdout
     records = [json.loads(line) for line in (runs / "tiny" / "metrics.jsonl").read_text().splitlines()]
