@@ -1,6 +1,6 @@
 """`alexnet demo`: the whole system on one machine, in minutes, with the real code at every step.
 
-    alexnet demo --out demo-out                    # generated data, local Ray, about 4 minutes on 2 cores
+    alexnet demo --out demo-out                    # generated data, local Ray, about 5-6 minutes on 2 cores
     alexnet demo --out demo-out --images ~/imagenet-subset   # a real tree: train/<synset>/, optional val/
 
 generate (or take) an ImageNet-shaped tree → `alexnet shard` (Ray tasks) for train and val → `alexnet
@@ -22,8 +22,8 @@ from pipeline.errors import UserError
 
 
 def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per_class: int = 100,
-             val_per_class: int = 25, epochs: int = 8, width: float = 0.25, batch_size: int = 32,
-             lr: float = 0.01, seed: int = 0, address: str | None = None) -> int:
+             val_per_class: int = 25, epochs: int = 10, width: float = 0.25, batch_size: int = 32,
+             lr: float = 0.005, seed: int = 0, address: str | None = None) -> int:
     from jobs.synthetic import check_budget
     from trainer.config import resolve_config
 

@@ -37,7 +37,7 @@ def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: 
         "centre_crop_val_top1_error_per_epoch": [r.get("val_top1_error") for r in epochs],
         "lr_per_epoch": [r.get("lr") for r in epochs],
         "seconds": {k: round(v, 1) for k, v in timings.items()},
-        "width": state["config"]["width"], "run": run_dir, "data": data,
+        "width": state["config"]["width"], "seed": state["config"]["seed"], "run": run_dir, "data": data,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for plot in plot_run(run_dir):
@@ -93,14 +93,15 @@ def _tile(filters: np.ndarray, per_row: int) -> np.ndarray:
 
 def _markdown(report: dict, epochs: list[dict]) -> str:
     rows = "\n".join(
-        f"| {r['epoch'] + 1} | {r.get('lr', float('nan')):.4g} | {r.get('train_loss', float('nan')):.3f} | "
+        f"| {r['epoch']} | {r.get('lr', float('nan')):.4g} | {r.get('train_loss', float('nan')):.3f} | "
         f"{r.get('val_loss', float('nan')):.3f} | {r.get('val_top1_error', float('nan')):.3f} | "
         f"{r.get('val_top5_error', float('nan')):.3f} | {r.get('decision', '')} |" for r in epochs)
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     return f"""# alexnet demo report
 
 {report['classes']} classes, {report['train_images']} training and {report['val_images']} validation images;
-AlexNet (two towers) at width {report['width']}, {report['epochs']} epochs (best: epoch {report['best_epoch']}).
+AlexNet (two towers) at width {report['width']}, {report['epochs']} epochs (best: epoch {report['best_epoch']}),
+seed {report['seed']} (`alexnet demo --seed {report['seed']}`).
 
 | validation, {report['crops']} crops | top-1 error | top-5 error |
 |---|---|---|

@@ -26,6 +26,7 @@ from jobs.package import build_zip, project_root
 from pipeline.errors import UserError
 
 COMMANDS = ("shard", "train", "eval")
+LOCAL_ONLY = ("inspect", "summary", "plot", "demo", "jobs", "submit")
 EXIT_STOPPED = 3
 
 
@@ -37,12 +38,17 @@ def submit(command_args: list[str], address: str | None = None, wait: bool = Tru
     """
     if command_args[:1] == ["--"]:
         command_args = command_args[1:]
-    if not command_args or command_args[0] not in COMMANDS:
+    if not command_args:
         raise UserError(f"give the job's command after `--`: one of {', '.join(COMMANDS)} "
                         "(e.g. `alexnet submit -- train --data s3://bucket/imagenet --name run1`)")
+    if command_args[0] not in COMMANDS:
+        raise UserError(f"`{command_args[0]}` cannot run as a job: a job runs one of {', '.join(COMMANDS)}"
+                        + (f"; run `alexnet {command_args[0]}` here instead" if command_args[0] in LOCAL_ONLY
+                           else ""))
     _check_arguments(command_args)
     client = connect(address)
     _check_ray_version(client)
+    _check_head_alive(client)
     with tempfile.TemporaryDirectory(prefix="alexnet-submit-") as scratch:
         package = build_zip(project_root(), Path(scratch) / "alexnet-project.zip")
         job_id = f"alexnet-{command_args[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
@@ -60,17 +66,39 @@ def submit(command_args: list[str], address: str | None = None, wait: bool = Tru
     return follow_job(client, job_id)
 
 
-def _submit_with_retry(client, timeout_s: float = 120.0, **job) -> None:
-    """A head that has just started answers 'No available agent' until its job agent is up: wait for it."""
+def _submit_with_retry(client, timeout_s: float = 60.0, **job) -> None:
+    """A head that has just started answers 'No available agent' until its job agent is up: wait for it,
+    saying so (each refusal takes the dashboard ~10 s, and silence reads as a hang)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             client.submit_job(**job)
             return
         except Exception as error:  # Ray raises RuntimeError, RuntimeEnvSetupError, ConnectionError here
-            if "No available agent" not in str(error) or time.monotonic() > deadline:
+            if "No available agent" not in str(error):
                 raise UserError(f"the cluster did not take the job: {error}".splitlines()[0]) from None
+            if time.monotonic() > deadline:
+                raise UserError(f"the cluster at {client.get_address()} cannot take jobs: its job agent did "
+                                f"not answer for {timeout_s:.0f} s (see the head's dashboard_agent.log)") from None
+            _check_head_alive(client)
+            print(f"alexnet submit: the cluster's job agent is not up yet; retrying for up to {timeout_s:.0f} s",
+                  file=sys.stderr, flush=True)
             time.sleep(2)
+
+
+def _check_head_alive(client) -> None:
+    """A head node whose raylet died (it fate-shares with the job agent) keeps its dashboard answering,
+    but no job can start there: say so at once instead of retrying."""
+    try:
+        response = client._do_request("GET", "/api/v0/nodes?detail=false&limit=1000")
+        nodes = response.json()["data"]["result"]["result"]
+    except Exception:  # an older or restricted dashboard: submitting will tell
+        return
+    heads = [n for n in nodes if n.get("is_head_node")]
+    if heads and all(n.get("state") != "ALIVE" for n in heads):
+        why = (heads[-1].get("state_message") or "no reason given").rstrip(".")
+        raise UserError(f"the cluster at {client.get_address()} cannot take jobs: its head node is dead "
+                        f"({why}); restart the cluster")
 
 
 def follow_job(client, job_id: str) -> int:

@@ -120,6 +120,7 @@ def write_bytes_atomic(location: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(location)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -131,12 +132,26 @@ def write_bytes_atomic(location: str, data: bytes) -> None:
         raise
 
 
+def file_mode() -> int:
+    """The mode `open()` would give a new file under the process's umask. mkstemp makes 0600 whatever
+    the umask, and a file renamed into place keeps it: other users of a shared dataset or run folder
+    could not read it."""
+    try:
+        with open("/proc/self/status") as f:  # reading the umask without changing it (Linux)
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def upload_file_atomic(local_path: str, location: str) -> None:
     """Move a finished local file to its final location (a rename locally, an upload to a URL)."""
     if not is_url(location):
         os.makedirs(os.path.dirname(os.path.abspath(location)) or ".", exist_ok=True)
         tmp = f"{location}.{uuid.uuid4().hex}.tmp"
         os.replace(local_path, tmp) if _same_device(local_path, location) else _copy(local_path, tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, location)
         if os.path.exists(local_path):
             os.unlink(local_path)

@@ -63,7 +63,7 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
     out = tmp_path / "demo"
     # 8 steps per epoch at the demo's batch 32 (batch 16 is unstable at lr 0.01), 48 steps in all
     result = run_cli("demo", "--out", out, "--classes", "4", "--train-per-class", "64", "--val-per-class", "6",
-                     "--epochs", "6", "--batch-size", "32", "--address", ray_head, timeout=600)
+                     "--epochs", "6", "--batch-size", "32", "--lr", "0.01", "--address", ray_head, timeout=600)
     assert "alexnet demo: done" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["classes"] == 4 and report["train_images"] == 256 and report["val_images"] == 24
@@ -79,6 +79,11 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
         assert f"({picture})" in markdown
         assert Image.open(out / picture).format == "PNG"
     assert f"{report['top1_error']:.3f}" in markdown
+    assert report["seed"] == 0 and "seed 0 (`alexnet demo --seed 0`)" in markdown
+    epochs = [json.loads(line) for line in (out / "runs" / "demo" / "metrics.jsonl").read_text().splitlines()]
+    numbers = [r["epoch"] for r in epochs if r["kind"] == "epoch"]
+    assert numbers == list(range(1, report["epochs"] + 1))  # the report's table rows are these numbers
+    assert all(f"\n| {n} | " in markdown for n in numbers) and "\n| 0 | " not in markdown
     manifest = json.loads((out / "shards" / "train.manifest.json").read_text())
     assert manifest["total_samples"] == 256  # the grayscale, CMYK and PNG inputs were all converted
     assert [c["name"] for c in manifest["classes"]][:2] == ["horizontal stripes", "vertical stripes"]

@@ -83,6 +83,12 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
     assert result.returncode == 2 and "--split" in result.stderr  # parsed locally, never submitted
     result = run_cli("submit", "--", "summary", check=False, timeout=60)
     assert result.returncode == 2 and "shard, train, eval" in result.stderr
+    result = run_cli("submit", "--", "inspect", "out/", check=False, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("alexnet submit: error: `inspect` cannot run as a job: a job runs one of "
+                                     "shard, train, eval; run `alexnet inspect` here instead")
+    result = run_cli("submit", "--", check=False, timeout=60)
+    assert result.returncode == 2 and "give the job's command after `--`" in result.stderr
 
 
 # ---- real jobs on the session's Ray head -------------------------------------------------------------
@@ -129,10 +135,14 @@ def test_submitted_train_job_writes_a_run(dashboard_url, small_dataset, tmp_path
     runs = tmp_path / "runs"
     result = run_cli("submit", "--address", dashboard_url, "--", "train", "--data", small_dataset,
                      "--name", "tiny", "--storage", runs, "--set", "epochs=1", "--set", "steps_per_epoch=3",
+                     "--set", "log_every_steps=1",
                      *TINY_TRAIN, timeout=400)
     assert "succeeded" in result.stdout and "alexnet train: finished" in result.stdout
     records = [json.loads(line) for line in (runs / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]  # epochs count from 1
+    # a job's log is no terminal: plain progress lines, one per step record, then the epoch's line
+    assert re.search(r"^epoch 1/1 \[#*\.*\] \d+/3 steps, loss [\d.]+, lr 0.01, \d+ images/s$", result.stdout, re.M)
+    assert re.search(r"^epoch 1/1: train loss [\d.]+, top-1 error .* -> stop \(\d+ s\)$", result.stdout, re.M)
     assert list((runs / "tiny").glob("checkpoint_*")) or list((runs / "tiny").glob("checkpoint-*"))
 
 
@@ -190,6 +200,39 @@ def test_token_auth_missing_wrong_and_right_token(tmp_path):
         wrong = run_cli("submit", "--address", url, "--", "shard", "a", "b", "--split", "train",
                         env={"RAY_AUTH_TOKEN": "wrong"}, check=False, timeout=60)
         assert wrong.returncode == 2 and "rejected the token" in wrong.stderr
+    finally:
+        stop_ray_processes(str(temp_dir), gcs_port)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_head_whose_job_agent_died_is_reported_not_retried(tmp_path):
+    """A second, tiny head whose dashboard agent is killed: its raylet fate-shares with the agent, the
+    dashboard keeps answering, and no job can ever start there."""
+    import psutil
+
+    temp_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"rayagent{os.getpid()}"  # short: socket paths
+    gcs_port, dash_port = free_port(), free_port()
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=0",
+                    "--node-ip-address=127.0.0.1", f"--ray-client-server-port={free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        raylet = next(p for p in psutil.process_iter(["cmdline"])
+                      if str(temp_dir) in " ".join(p.info["cmdline"] or []) and "raylet" in p.info["cmdline"][0])
+        agent = next(p for p in raylet.children() if "DashboardAgent" in " ".join(p.cmdline()))
+        agent.kill()
+        raylet.wait(timeout=60)
+        started = time.monotonic()
+        result = run_cli("submit", "--address", f"http://127.0.0.1:{dash_port}", "--", "eval", "--checkpoint",
+                         tmp_path, "--data", tmp_path, check=False, timeout=200)
+        assert time.monotonic() - started < 60, "it retried instead of saying the cluster cannot take jobs"
+        assert result.returncode == 2, result.stderr
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith(f"alexnet submit: error: the cluster at http://127.0.0.1:{dash_port} cannot "
+                                  "take jobs: its head node is dead"), result.stderr
+        assert "Traceback" not in result.stderr
     finally:
         stop_ray_processes(str(temp_dir), gcs_port)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -100,11 +100,11 @@ def test_two_replicas_train_and_fill_the_run_folder(reference, small_dataset):
     # keep the last K=2 checkpoints, plus the best one apart
     assert checkpoint_names(reference) == ["checkpoint-00000012", "checkpoint-00000014"]
     best = ckpt.load(reference)
-    best_epoch = min(state["history"], key=lambda h: h["val_top1_error"])["epoch"]
-    assert best["epoch"] == best_epoch + 1
+    best_epoch = min(state["history"], key=lambda h: h["val_top1_error"])["epoch"]  # numbered from 1
+    assert best["epoch"] == best_epoch  # epochs done when the best checkpoint was written
 
     epochs = records(reference, "epoch")
-    assert [e["epoch"] for e in epochs] == [0, 1] and [e["decision"] for e in epochs] == ["continue", "stop"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and [e["decision"] for e in epochs] == ["continue", "stop"]
     assert all(0 <= e["val_top1_error"] <= 1 and e["val_loss"] > 0 for e in epochs)
     steps = records(reference, "step")
     assert all(s["lr"] == 0.01 and s["images_per_s"] > 0 for s in steps)

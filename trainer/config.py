@@ -92,6 +92,29 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def describe_config() -> str:
+    """Every key with its type, default, allowed values and meaning (`alexnet train --list-config`)."""
+    lines = ["config keys (a --config file's keys, or --set KEY=VALUE; stored in RUN/config.json):", ""]
+    for name, f in FIELDS.items():
+        meta = f.metadata
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        allowed = []
+        if meta["choices"] is not None:
+            allowed.append("one of " + ", ".join(map(str, meta["choices"])))
+        if meta["min"] is not None:
+            allowed.append(f">= {meta['min']}")
+        if meta["above"] is not None:
+            allowed.append(f"> {meta['above']}")
+        if meta["max"] is not None:
+            allowed.append(f"<= {meta['max']}")
+        if kind == "bool":
+            allowed.append("true or false")
+        default = json.dumps(f.default)
+        lines.append(f"  {name} ({kind}, default {default}{'; ' + ', '.join(allowed) if allowed else ''})")
+        lines.append(f"      {meta['help']}")
+    return "\n".join(lines)
+
+
 def _parse_value(key: str, raw: Any, source: str) -> Any:
     """Turn a file value or a `--set` string into the field's type, then check its range."""
     f = FIELDS[key]

@@ -74,6 +74,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     loader = EvalLoader(data, batch_size, ten_crop=ten_crop, split=split, crop=config["crop"],
                         num_workers=num_workers, pin_memory=devices[0].startswith("cuda"))
     result = errors_from_totals(eval_totals(model, loader, transform, devices[0], ten_crop))
+    # "epoch": the epochs the checkpoint had finished, i.e. the number (from 1, as in metrics.jsonl)
+    # of the last one; an end-of-epoch checkpoint, such as the best, is that epoch's
     result.update(checkpoint=str(checkpoint), data=data, split=split, crops=10 if ten_crop else 1,
                   epoch=state["epoch"], step=state["step"])
     if as_json:

@@ -12,8 +12,10 @@ checkpoint, without the driver's help.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 from pipeline import storage
 from pipeline.errors import UserError
@@ -28,24 +30,25 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from trainer.progress import ConsoleProgress
     from trainer.report import plot_run
 
     config = _absolute_storage(config)
     check_dataset(config.data)
-    from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
-
     run_dir = storage.join(config.storage, config.name)
     if not fresh:
+        if _finished(config, run_dir):
+            return 0
         _check_same_run(config, run_dir)
+    from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
-    ray.init(address=address, log_to_driver=True, logging_level="WARNING",
-             runtime_env={"env_vars": _forwarded_env()})
-    try:
+    with own_ray(address, {"env_vars": _forwarded_env()}):
         _check_resources(config, ray.cluster_resources())
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
         print(f"alexnet train: run folder {run_dir}\n{config.to_json()}", flush=True)
         storage.makedirs(run_dir)
+        # the run continues with this config (an unfinished run; a finished one returned above)
         storage.write_bytes_atomic(storage.join(run_dir, "config.json"), config.to_json().encode())
         gpu = config.gpus_per_worker > 0
         trainer = TorchTrainer(
@@ -61,9 +64,8 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        result = trainer.fit()
-    finally:
-        ray.shutdown()
+        with ConsoleProgress(run_dir, config.epochs):
+            result = trainer.fit()
     if result.error is not None:
         raise result.error
     try:
@@ -124,6 +126,61 @@ def _check_same_run(config: TrainConfig, run_dir: str) -> None:
     other = [k for k in stored if k in config.to_dict() and stored[k] != getattr(config, k)]
     print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
           + (f" (changed: {', '.join(other)})" if other else ""), flush=True)
+
+
+def _finished(config: TrainConfig, run_dir: str) -> bool:
+    """A run that ended (its `end` record) is reported before Ray starts, and its config.json is kept:
+    nothing would run, so nothing may claim the run was made with other settings."""
+    from trainer.report import read_metrics
+
+    ends = [r for r in read_metrics(run_dir, missing_ok=True) if r.get("kind") == "end"]
+    if not ends:
+        return False
+    end = ends[-1]
+    suggested = config.epochs if config.epochs > end["epochs"] else 2 * end["epochs"]
+    print(f"alexnet train: run {run_dir} finished after {end['epochs']} epochs ({end['reason']}); nothing to "
+          f"do. A finished run is not extended in place: to train longer, start it over with --fresh and "
+          f"a larger epochs (e.g. --set epochs={suggested}), or under another "
+          f"--name", flush=True)
+    return True
+
+
+@contextlib.contextmanager
+def own_ray(address: str | None, runtime_env: dict) -> Iterator[None]:
+    """ray.init / ray.shutdown, with every process of the job told its own cluster's address.
+
+    Ray's own helpers in a job's processes (Ray Train's placement-group cleaner, the state API) find
+    their cluster through RAY_ADDRESS, else by scanning the machine for GCS processes, which fails
+    ("Found multiple active Ray instances") or picks a stranger when another Ray runs beside ours. So
+    a local instance gets a chosen GCS port and every process of the job gets RAY_ADDRESS in its env."""
+    import ray
+
+    env = dict(runtime_env.get("env_vars", {}))
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    if target is None:  # a new local instance: ours alone, on a port we know
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        target = "local"
+    elif "://" not in target and target != "auto":
+        env["RAY_ADDRESS"] = target
+    try:
+        ray.init(address=target, log_to_driver=True, logging_level="WARNING",
+                 runtime_env={**runtime_env, "env_vars": env})
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = saved
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _check_resources(config: TrainConfig, resources: dict) -> None:

@@ -95,7 +95,7 @@ def train_worker(params: dict) -> None:
 
     logs = _Logs(run_dir, step if resumed is not None else None) if rank == 0 else None
     if logs and resumed is not None:
-        logs.add({"kind": "resume", "epoch": epoch, "step": step, "batch": epoch_step, "world_size": world})
+        logs.add({"kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world})
     batches_per_epoch = min(len(loader), config.steps_per_epoch or len(loader))
     pause = _DebugPause(rank)
     decision = "continue"
@@ -119,7 +119,9 @@ def train_worker(params: dict) -> None:
             window_images += labels.numel() * world
             if step % config.log_every_steps == 0:
                 now = time.perf_counter()
-                record = {"kind": "step", "epoch": epoch, "step": step, "loss": _mean_over_ranks(loss, world),
+                # epochs are numbered from 1 in every record (the checkpoint's counter is epochs done)
+                record = {"kind": "step", "epoch": epoch + 1, "step": step, "batch": epoch_step,
+                          "batches": batches_per_epoch, "loss": _mean_over_ranks(loss, world),
                           "lr": optimizer.param_groups[0]["lr"],
                           "images_per_s": window_images / max(now - window_start, 1e-9)}
                 window_start, window_images = now, 0
@@ -144,7 +146,7 @@ def train_worker(params: dict) -> None:
         decision = schedule.step(val["top1_error"])
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": schedule.lr,
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "lr": schedule.lr,
                   "train_loss": train[0].item() / max(train[2].item(), 1),
                   "train_top1_error": 1 - train[1].item() / max(train[2].item(), 1),
                   "val_loss": val["loss"], "val_top1_error": val["top1_error"],

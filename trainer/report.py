@@ -1,12 +1,13 @@
 """A run's metrics as files: JSON lines (the record), TensorBoard event files, PNG plots.
 
 `metrics.jsonl` in the run folder holds one JSON object per line, `kind` first:
-    step   epoch, step, loss, lr, images_per_s            (every log_every_steps steps)
+    step   epoch, step, batch (of the epoch), batches (in the epoch), loss, lr, images_per_s
+           (every log_every_steps steps)
     epoch  epoch, step, lr, train_loss, train_top1_error, val_loss, val_top1_error, val_top5_error,
            decision ("continue" | "reduce" | "stop"), seconds
     resume epoch, step, batch, world_size                  (a restart continued from a checkpoint)
     end    step, epochs, reason, replica_digests (sha256 of each replica's weights)
-Epochs count from 0 in the file and from 1 on plot axes. On resume the file is cut back to the
+Epochs are numbered from 1, here as on plots, in reports and in `alexnet eval`. On resume the file is cut back to the
 checkpoint's step, so a step that was redone after a failure appears once.
 """
 
@@ -121,8 +122,8 @@ def plot_run(run_dir: str) -> list[str]:
     epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
     if not epochs:
         raise UserError(f"{storage.join(run_dir, METRICS_FILE)} holds no finished epoch yet: nothing to plot")
-    x = [r["epoch"] + 1 for r in epochs]
-    reductions = [r["epoch"] + 1 for r in epochs if r.get("decision") == "reduce"]
+    x = [r["epoch"] for r in epochs]
+    reductions = [r["epoch"] for r in epochs if r.get("decision") == "reduce"]
     written = []
     panels = {"loss": [("train_loss", "train loss"), ("val_loss", "validation loss")],
               "error": [("train_top1_error", "train top-1"), ("val_top1_error", "validation top-1"),

@@ -1,0 +1,111 @@
+"""The console while `alexnet train` runs: one line per epoch, and a live bar of the epoch's steps.
+
+The driver follows the run's own metrics.jsonl (written by rank 0) in a thread. Reading the record
+instead of forwarding worker prints keeps one source for the console, the file and the plots, and the
+driver knows whether its stdout is a terminal (a worker's stdout is a Ray log file): on a terminal the
+step records redraw one bar in place; elsewhere (a Ray job's log, a pipe) each is a plain line. How
+often the bar moves is `log_every_steps`. On object storage the file is only rewritten at checkpoints,
+so there the console shows epochs, not steps.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import TextIO
+
+from pipeline import storage
+from trainer.report import METRICS_FILE
+
+BAR_WIDTH = 24
+
+
+def step_text(record: dict, epochs: int) -> str:
+    done, total = record.get("batch", 0), record.get("batches", 0)
+    filled = BAR_WIDTH * done // total if total else 0
+    bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} steps" if total else f"step {record['step']}"
+    return (f"epoch {record['epoch']}/{epochs} {bar}, loss {record['loss']:.3f}, lr {record['lr']:.4g}, "
+            f"{record['images_per_s']:.0f} images/s")
+
+
+def epoch_text(record: dict, epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.3f}, top-1 error "
+            f"{record['train_top1_error']:.3f}; val loss {record['val_loss']:.3f}, top-1 error "
+            f"{record['val_top1_error']:.3f}, top-5 error {record['val_top5_error']:.3f}; lr "
+            f"{record['lr']:.4g} -> {record['decision']} ({record['seconds']:.0f} s)")
+
+
+class ConsoleProgress:
+    """Follows RUN/metrics.jsonl from a thread until stopped; use as a context manager."""
+
+    def __init__(self, run_dir: str, epochs: int, out: TextIO | None = None, interval: float = 0.5):
+        self.location = storage.join(run_dir, METRICS_FILE)
+        self.epochs = epochs
+        self.out = out or sys.stdout
+        self.live = self.out.isatty()
+        self.interval = interval if not storage.is_url(run_dir) else max(interval, 10.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="alexnet-progress", daemon=True)
+        self._bar_shown = False
+        # what is already in the file (a continued run) is not shown again: records are ordered by
+        # (step, kind), and a run resumed from a checkpoint redoes no step it has logged past
+        self._last = max((self._order(r) for r in self._records()), default=(-1, -1))
+
+    def __enter__(self) -> "ConsoleProgress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._show_new()
+        self._end_bar()
+
+    @staticmethod
+    def _order(record: dict) -> tuple[int, int]:
+        return record.get("step", 0), 1 if record.get("kind") == "epoch" else 0
+
+    def _records(self) -> list[dict]:
+        try:
+            if not storage.exists(self.location):
+                return []
+            text = storage.read_bytes(self.location).decode("utf-8", errors="replace")
+        except OSError:
+            return []
+        records = []
+        for line in text.split("\n")[:-1]:  # a line without its newline is still being written
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("kind") in ("step", "epoch"):
+                records.append(record)
+        return records
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._show_new()
+
+    def _show_new(self) -> None:
+        for record in self._records():
+            if self._order(record) > self._last:
+                self._last = self._order(record)
+                self._show(record)
+
+    def _show(self, record: dict) -> None:
+        if record["kind"] == "epoch":
+            self._end_bar()
+            self.out.write(epoch_text(record, self.epochs) + "\n")
+        elif self.live:
+            self.out.write("\r\033[K" + step_text(record, self.epochs))
+            self._bar_shown = True
+        else:
+            self.out.write(step_text(record, self.epochs) + "\n")
+        self.out.flush()
+
+    def _end_bar(self) -> None:
+        if self._bar_shown:
+            self.out.write("\r\033[K")
+            self.out.flush()
+            self._bar_shown = False
