@@ -217,8 +217,8 @@ def test_plateaus_reduce_the_lr_three_times_then_stop(plateau_run):
     assert [e["decision"] for e in epochs] == ["continue", "reduce", "reduce", "reduce", "stop"]
     assert [e["lr"] for e in epochs] == lrs_equal([1e-20, 1e-21, 1e-22, 1e-23, 1e-23])  # after each epoch
     steps = records(plateau_run, "step")  # the optimiser's lr at every step: the reductions reached it
-    assert [(s["epoch"], s["step"]) for s in steps] == [(e, 2 * e + n) for e in range(5) for n in (1, 2)]
-    trained_with = [1e-20, 1e-20, 1e-21, 1e-22, 1e-23]  # epoch e trains with the lr set after epoch e - 1
+    assert [(s["epoch"], s["step"]) for s in steps] == [(e, 2 * (e - 1) + n) for e in range(1, 6) for n in (1, 2)]
+    trained_with = [1e-20, 1e-20, 1e-21, 1e-22, 1e-23]  # epoch e (from 1) trains with the lr set after epoch e - 1
     assert [s["lr"] for s in steps] == lrs_equal([lr for lr in trained_with for _ in (1, 2)])
     end = records(plateau_run, "end")[-1]
     assert (end["step"], end["epochs"], end["reason"]) == (10, 5, "schedule")
