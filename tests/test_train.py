@@ -147,7 +147,7 @@ def test_killed_worker_recovers_by_itself_bitwise(reference, small_dataset, ray_
     output, _ = driver.communicate(timeout=400)
     assert driver.returncode == 0, output[-3000:]
     resumes = records(run_dir, "resume")
-    assert [(r["epoch"], r["step"], r["batch"]) for r in resumes] == [(1, 8, 1)]  # mid-epoch, exact batch
+    assert [(r["epoch"], r["step"], r["batch"]) for r in resumes] == [(2, 8, 1)]  # epoch 2 (from 1), mid-epoch
     assert_bitwise_equal(run_dir, reference)
 
 
@@ -164,7 +164,7 @@ def test_same_command_continues_a_run_whose_driver_died_on_s3(reference, small_d
 
     result = run_cli(*args, timeout=400)  # the same command again
     assert "continuing run" in result.stdout
-    assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(1, 8, 1)]
+    assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(2, 8, 1)]
     assert_bitwise_equal(run_dir, reference)
 
 
