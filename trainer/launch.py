@@ -28,10 +28,13 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline.shards import read_manifest
+    from trainer import failures, preflight, resources, resume
     from trainer.report import plot_run
 
     config = _absolute_storage(config)
     check_dataset(config.data)
+    preflight.check(config, read_manifest(config.data, "train"))  # what would otherwise fail in every worker
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
     run_dir = storage.join(config.storage, config.name)
@@ -41,9 +44,11 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     ray.init(address=address, log_to_driver=True, logging_level="WARNING",
              runtime_env={"env_vars": _forwarded_env()})
     try:
-        _check_resources(config, ray.cluster_resources())
+        waiting_for = resources.check(config)  # raises if the cluster can never hold the run
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
+        else:
+            resume.repair_run(run_dir)  # unreadable latest checkpoints out of Ray Train's list
         print(f"alexnet train: run folder {run_dir}\n{config.to_json()}", flush=True)
         storage.makedirs(run_dir)
         storage.write_bytes_atomic(storage.join(run_dir, "config.json"), config.to_json().encode())
@@ -57,11 +62,22 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                                                **({"GPU": config.gpus_per_worker} if gpu else {})}),
             run_config=RunConfig(name=config.name, storage_path=config.storage,
                                  failure_config=FailureConfig(max_failures=config.max_failures),
+                                 callbacks=[failures.StopOnUserError()],  # user errors are never retried
                                  checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        result = trainer.fit()
+        waiting = resources.wait_reporter(config, waiting_for) if waiting_for else None
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            cause = failures.user_error_in(error)
+            if cause is None:
+                raise
+            raise UserError(f"the run stopped at its first attempt: {failures.one_line(cause)}") from None
+        finally:
+            if waiting:
+                waiting.set()
     finally:
         ray.shutdown()
     if result.error is not None:
@@ -124,19 +140,6 @@ def _check_same_run(config: TrainConfig, run_dir: str) -> None:
     other = [k for k in stored if k in config.to_dict() and stored[k] != getattr(config, k)]
     print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
           + (f" (changed: {', '.join(other)})" if other else ""), flush=True)
-
-
-def _check_resources(config: TrainConfig, resources: dict) -> None:
-    need_gpus = config.workers * config.gpus_per_worker
-    have_gpus = int(resources.get("GPU", 0))
-    if need_gpus > have_gpus:
-        raise UserError(f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker} asks for "
-                        f"{need_gpus} GPUs; the Ray cluster has {have_gpus}")
-    need_cpus = config.workers * config.cpus_per_worker
-    have_cpus = int(resources.get("CPU", 0))
-    if need_cpus > have_cpus:
-        raise UserError(f"--workers {config.workers} x cpus_per_worker {config.cpus_per_worker} asks for "
-                        f"{need_cpus} CPUs; the Ray cluster has {have_cpus}")
 
 
 def _forwarded_env() -> dict:
