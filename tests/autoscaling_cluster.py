@@ -61,7 +61,17 @@ class AutoscalingCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> AutoscalingCluster:
+    def start(self, attempts: int = 2) -> AutoscalingCluster:
+        """`ray start --head` with the autoscaler; a start that times out on a busy machine is tried again."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+        return self
+
+    def _start(self) -> AutoscalingCluster:
         self.port = free_port()
         self.temp_dir = tempfile.mkdtemp(prefix="rayas", dir="/tmp")  # short: socket paths are limited
         config = Path(self.temp_dir) / "autoscaler.yaml"
@@ -72,13 +82,13 @@ class AutoscalingCluster:
              "--node-ip-address=127.0.0.1", f"--autoscaling-config={config}", f"--temp-dir={self.temp_dir}",
              f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
              f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
-            env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
+            env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
         if self.publish_limits:  # what cluster/aws.yaml and gcp.yaml do on their head after `ray start`
             subprocess.run([sys.executable, "-m", "cluster.limits", str(config), "--address", self.address],
-                           env=env, check=True, capture_output=True, timeout=60)
+                           env=env, check=True, capture_output=True, timeout=120)
         return self
 
     def worker_raylets(self) -> list[psutil.Process]:
