@@ -229,3 +229,34 @@ def small_dataset(ray_head, sample_images, tmp_path_factory) -> str:
     run_cli("shard", val_folder, out, "--split", "val", "--labels", val_labels, "--shard-size", "8",
             "--address", ray_head)
     return str(out)
+
+
+# --- The tiny training run (trainer): one uninterrupted reference run per session, which the worker-kill,
+# driver-kill, lost-node and damaged-checkpoint tests compare their final weights with, bitwise. ---
+
+# 120 training samples, batch 8 on each of 2 replicas: 7 steps per epoch; checkpoints at steps 4, 7
+# (epoch end), 8, 12, 14 (end); step 10 is mid-epoch 1, two steps after the checkpoint at step 8.
+TINY = {"workers": 2, "batch_size": 8, "eval_batch_size": 16, "width": 0.25, "epochs": 2,
+        "checkpoint_every_steps": 4, "log_every_steps": 2, "loader_workers": 0, "keep_checkpoints": 2}
+
+
+def train_args(data, name, storage_path, config, address):
+    return ["train", "--data", data, "--name", name, "--storage", storage_path, "--config", config,
+            "--address", address]
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> str:
+    import yaml
+
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def reference(small_dataset, ray_head, tiny_config, tmp_path_factory) -> str:
+    runs = tmp_path_factory.mktemp("runs")
+    result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
+    assert '"workers": 2' in result.stdout  # the resolved config is printed at the start
+    return str(runs / "reference")

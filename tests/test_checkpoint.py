@@ -1,6 +1,7 @@
 """Checkpoint files (weights_only-safe, local or s3://), RNG capture, and the run folder's metric files."""
 
 import io
+import os
 import json
 import random
 
@@ -130,3 +131,29 @@ def test_plots_and_tensorboard(tmp_path):
     (tmp_path / "bad" / "metrics.jsonl").write_text(json.dumps({"kind": "step"}) + "\n{oops\n")
     with pytest.raises(UserError, match="metrics.jsonl:2 is not JSON"):
         plot_run(str(tmp_path / "bad"))
+
+
+def test_a_killed_savers_staging_folder_goes_at_the_next_save(tmp_path, monkeypatch):
+    """A worker killed while writing a checkpoint leaves its staging folder (a whole model); the next save
+    on that machine deletes it, and never a folder whose writer is still alive."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    saver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (saver.pid, dead.pid):
+        (tmp_path / f"{ckpt.STAGING_PREFIX}{pid}-x1y2").mkdir()
+        (tmp_path / f"{ckpt.STAGING_PREFIX}{pid}-x1y2" / ckpt.FILE_NAME).write_bytes(b"half a checkpoint")
+    (tmp_path / "alexnet-ckpt-notapid").mkdir()  # not one of ours by name: left alone
+    try:
+        with ckpt.staging_folder() as folder:
+            assert os.path.dirname(folder) == str(tmp_path) and str(os.getpid()) in os.path.basename(folder)
+            ckpt.write_local(small_state(), folder)
+        names = sorted(n for n in os.listdir(tmp_path) if n.startswith("alexnet-ckpt-"))
+        assert names == sorted([f"{ckpt.STAGING_PREFIX}{saver.pid}-x1y2", "alexnet-ckpt-notapid"])
+    finally:
+        saver.kill()
+        saver.wait()

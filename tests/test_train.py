@@ -18,40 +18,15 @@ import psutil
 import pyarrow.fs as pafs
 import pytest
 import torch
-import yaml
 
-from conftest import alexnet_cmd, run_cli
+from conftest import alexnet_cmd, run_cli, train_args
 from pipeline import storage
 from trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
-# 120 training samples, batch 8 on each of 2 replicas: 7 steps per epoch; checkpoints at steps 4, 7
-# (epoch end), 8, 12, 14 (end); step 10 is mid-epoch 1, two steps after the checkpoint at step 8.
-TINY = {"workers": 2, "batch_size": 8, "eval_batch_size": 16, "width": 0.25, "epochs": 2,
-        "checkpoint_every_steps": 4, "log_every_steps": 2, "loader_workers": 0, "keep_checkpoints": 2}
 STEPS = 14
 KILL_STEP = 10
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return str(path)
-
-
-def train_args(data, name, storage_path, config, address):
-    return ["train", "--data", data, "--name", name, "--storage", storage_path, "--config", config,
-            "--address", address]
-
-
-@pytest.fixture(scope="module")
-def reference(small_dataset, ray_head, tiny_config, tmp_path_factory) -> str:
-    runs = tmp_path_factory.mktemp("runs")
-    result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
-    assert '"workers": 2' in result.stdout  # the resolved config is printed at the start
-    return str(runs / "reference")
 
 
 def checkpoint_names(run_dir: str) -> list[str]:

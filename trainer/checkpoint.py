@@ -19,10 +19,14 @@ through pipeline.storage (pyarrow filesystems), writing through `ray.train.repor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -89,6 +93,47 @@ def write_local(state: dict, folder: str) -> str:
     path = os.path.join(folder, FILE_NAME)
     torch.save(state, path)
     return path
+
+
+STAGING_PREFIX = "alexnet-ckpt-"
+
+
+@contextlib.contextmanager
+def staging_folder() -> Iterator[str]:
+    """A local folder to write a checkpoint in before Ray Train uploads it, deleted afterwards.
+
+    A worker killed while saving (OOM killer, lost node) cannot delete its folder: a whole model, 456 MB
+    at width 1. The folder's name carries the writer's PID, and every save first deletes the folders
+    of writers that are gone, so at most one stale folder per dead worker lives until the next save.
+    """
+    remove_stale_staging()
+    folder = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_staging(parent: str | None = None) -> list[str]:
+    """Delete staging folders whose writer process no longer exists; return them."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(parent):
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0] if name.startswith(STAGING_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to clean
+        return True
+    return True
 
 
 def resolve_location(location: str) -> str:

@@ -30,11 +30,14 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline.shards import read_manifest
+    from trainer import failures, preflight, resources, resume
     from trainer.progress import ConsoleProgress
     from trainer.report import plot_run
 
     config = _absolute_storage(config)
     check_dataset(config.data)
+    preflight.check(config, read_manifest(config.data, "train"))  # what would otherwise fail in every worker
     run_dir = storage.join(config.storage, config.name)
     if not fresh:
         if _finished(config, run_dir):
@@ -43,9 +46,11 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
     with own_ray(address, {"env_vars": _forwarded_env()}):
-        _check_resources(config, ray.cluster_resources())
+        waiting_for = resources.check(config)  # raises if the cluster can never hold the run
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
+        else:
+            resume.repair_run(run_dir)  # unreadable latest checkpoints out of Ray Train's list
         print(f"alexnet train: run folder {run_dir}\n{config.to_json()}", flush=True)
         storage.makedirs(run_dir)
         # the run continues with this config (an unfinished run; a finished one returned above)
@@ -60,12 +65,23 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                                                **({"GPU": config.gpus_per_worker} if gpu else {})}),
             run_config=RunConfig(name=config.name, storage_path=config.storage,
                                  failure_config=FailureConfig(max_failures=config.max_failures),
+                                 callbacks=[failures.StopOnUserError()],  # user errors are never retried
                                  checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        with ConsoleProgress(run_dir, config.epochs):
-            result = trainer.fit()
+        waiting = resources.wait_reporter(config, waiting_for) if waiting_for else None
+        try:
+            with ConsoleProgress(run_dir, config.epochs):
+                result = trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            cause = failures.user_error_in(error)
+            if cause is None:
+                raise
+            raise UserError(f"the run stopped at its first attempt: {failures.one_line(cause)}") from None
+        finally:
+            if waiting:
+                waiting.set()
     if result.error is not None:
         raise result.error
     try:
@@ -181,19 +197,6 @@ def own_ray(address: str | None, runtime_env: dict) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-def _check_resources(config: TrainConfig, resources: dict) -> None:
-    need_gpus = config.workers * config.gpus_per_worker
-    have_gpus = int(resources.get("GPU", 0))
-    if need_gpus > have_gpus:
-        raise UserError(f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker} asks for "
-                        f"{need_gpus} GPUs; the Ray cluster has {have_gpus}")
-    need_cpus = config.workers * config.cpus_per_worker
-    have_cpus = int(resources.get("CPU", 0))
-    if need_cpus > have_cpus:
-        raise UserError(f"--workers {config.workers} x cpus_per_worker {config.cpus_per_worker} asks for "
-                        f"{need_cpus} CPUs; the Ray cluster has {have_cpus}")
 
 
 def _forwarded_env() -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
 
 import numpy as np
@@ -31,6 +30,7 @@ from trainer.config import TrainConfig, config_from_dict
 from trainer.evaluate import errors_from_totals, eval_totals
 from trainer.model import AlexNet
 from trainer.optim import PaperSGD, param_groups
+from trainer.resume import folder_name, load_newest_readable, unused_checkpoint_name
 from trainer.report import MetricsLog, TensorBoardLog
 from trainer.schedule import PlateauSchedule
 
@@ -67,10 +67,10 @@ def train_worker(params: dict) -> None:
     epoch, step, epoch_step, history = 0, 0, 0, []
     # loss sum, top-1 correct, count on this rank; on the device so a step never waits for a .item()
     train_totals = torch.zeros(3, dtype=torch.float64, device=devices[0])
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as folder:
-            state = ckpt.load(os.path.join(folder, ckpt.FILE_NAME))
+    resumed, skipped = ray.train.get_checkpoint(), []
+    if resumed is not None:  # Ray Train's latest, or else the newest older one that can be read
+        state, skipped = load_newest_readable(folder_name(resumed.path), run_dir,
+                                              log=lambda line: print(f"[rank {rank}] {line}"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -95,7 +95,8 @@ def train_worker(params: dict) -> None:
 
     logs = _Logs(run_dir, step if resumed is not None else None) if rank == 0 else None
     if logs and resumed is not None:
-        logs.add({"kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world})
+        logs.add({"kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world,
+                  "skipped": skipped})
     batches_per_epoch = min(len(loader), config.steps_per_epoch or len(loader))
     pause = _DebugPause(rank)
     decision = "continue"
@@ -170,14 +171,15 @@ def train_worker(params: dict) -> None:
 def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, config,
           manifest, stats, history, epoch, step, epoch_step, best: bool = False) -> None:
     """Gather every rank's position and RNG, rank 0 writes the file, everyone reports it to Ray Train."""
-    mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu()}
+    mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu(),
+            "name": unused_checkpoint_name(logs.run_dir, step) if rank == 0 else None}
     everyone = [None] * world
     if world > 1:
         dist.all_gather_object(everyone, mine)
     else:
         everyone = [mine]
     metrics = {k: v for k, v in record.items() if k != "kind"}
-    name = f"checkpoint-{step:08d}"
+    name = everyone[0]["name"]  # rank 0's choice, the same on every rank
     if rank != 0:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
@@ -191,7 +193,7 @@ def _save(rank, world, logs, record, model, optimizer, schedule, loader, generat
     if record["kind"] == "epoch":
         logs.add(record)
     logs.flush()
-    with tempfile.TemporaryDirectory(prefix="alexnet-ckpt-") as folder:
+    with ckpt.staging_folder() as folder:
         ckpt.write_local(state, folder)
         if best:
             ckpt.write_best(os.path.join(folder, ckpt.FILE_NAME), logs.run_dir)
