@@ -47,7 +47,7 @@ def test_run_starts_from_rest_and_survives_a_lost_node(cluster, reference, small
     assert "waiting for nodes: --workers 2 x {CPU: 1} each" in output  # said what it waited for
     assert "skipping checkpoint checkpoint-00000008" in output and "older checkpoint checkpoint-00000007" in output
     resumes = records(run_dir, "resume")
-    assert [(r["epoch"], r["step"], r["batch"], r["skipped"]) for r in resumes] == [(1, 7, 0, ["checkpoint-00000008"])]
+    assert [(r["epoch"], r["step"], r["batch"], r["skipped"]) for r in resumes] == [(2, 7, 0, ["checkpoint-00000008"])]
     assert_bitwise_equal(run_dir, reference)
     # the redone step-8 checkpoint had a folder of its own (checkpoint-00000008-2), so rotating the damaged
     # one out deleted only that one
