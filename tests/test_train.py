@@ -18,8 +18,9 @@ import psutil
 import pyarrow.fs as pafs
 import pytest
 import torch
+import yaml
 
-from conftest import alexnet_cmd, run_cli, train_args
+from conftest import TINY, alexnet_cmd, run_cli, train_args
 from pipeline import storage
 from trainer import checkpoint as ckpt
 
