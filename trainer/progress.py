@@ -11,6 +11,7 @@ so there the console shows epochs, not steps.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from typing import TextIO
@@ -48,6 +49,7 @@ class ConsoleProgress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="alexnet-progress", daemon=True)
         self._bar_shown = False
+        self._consumed = 0  # bytes of the file already read
         # what is already in the file (a continued run) is not shown again: records are ordered by
         # (step, kind), and a run resumed from a checkpoint redoes no step it has logged past
         self._last = max((self._order(r) for r in self._records()), default=(-1, -1))
@@ -67,14 +69,30 @@ class ConsoleProgress:
         return record.get("step", 0), 1 if record.get("kind") == "epoch" else 0
 
     def _records(self) -> list[dict]:
+        """The step and epoch records written since the last call. Only the new bytes of a local file are
+        read (a week-long run's file grows to many MB, polled twice a second); object storage is read
+        whole, every 10 s. A file that shrank (rewritten from a checkpoint) is read again from its start:
+        `_last` keeps what was shown from being shown twice."""
         try:
             if not storage.exists(self.location):
                 return []
-            text = storage.read_bytes(self.location).decode("utf-8", errors="replace")
+            if storage.is_url(self.location):
+                data = storage.read_bytes(self.location)
+                if len(data) < self._consumed:
+                    self._consumed = 0
+                data = data[self._consumed:]
+            else:
+                with open(self.location, "rb") as file:
+                    if os.fstat(file.fileno()).st_size < self._consumed:
+                        self._consumed = 0
+                    file.seek(self._consumed)
+                    data = file.read()
         except OSError:
             return []
+        complete = data[:data.rfind(b"\n") + 1]  # a line without its newline is still being written
+        self._consumed += len(complete)
         records = []
-        for line in text.split("\n")[:-1]:  # a line without its newline is still being written
+        for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
