@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def main() -> int:
               f"+ 2 steps redone (~{2 * step_s:.1f} s); exit status {driver.returncode}")
     finally:
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
