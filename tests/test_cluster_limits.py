@@ -1,5 +1,5 @@
-"""cluster/limits.py: an autoscaler config or a KubeRay manifest becomes the limits record Ray itself reads (Ray Train's worker
-group and `alexnet train` both judge requests by it)."""
+"""cluster/limits.py: an autoscaler config or a KubeRay manifest becomes the limits record Ray itself reads
+(Ray Train's worker group and `alexnet train` both judge requests by it)."""
 
 from ray._private.state import GlobalState
 
