@@ -3,8 +3,9 @@
 A cluster config is only read for real when someone pays for machines, so mistakes surface late and
 expensively. These checks run in the test suite instead: launcher YAMLs against the schema shipped in
 the ray wheel, KubeRay manifests against the rules the operator's CRDs and webhook enforce, both for
-our security stance (no public dashboard / jobs port, token auth on), and every `alexnet ...` command,
-project file and Dockerfile source they mention against this checkout.
+our security stance (no public dashboard / jobs port, token auth on), that each cluster publishes the
+limits `alexnet train` judges requests by (`cluster/limits.py`), and every `alexnet ...` command, project
+file and Dockerfile source they mention against this checkout.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ PROJECT_ROOT = CLUSTER_DIR.parent
 RAY_PORTS = {6379, 8265, 10001}  # GCS, dashboard + jobs API, Ray Client
 MIN_AUTH_RAY = (2, 52)  # first Ray with token authentication
 # An `alexnet` or `python -m jobs.cli` command at the start of a (comment) line, after a YAML key or a
-# shell separator, up to the next separator or the end of the line.
-COMMAND = re.compile(r"(?m)(?:^[ \t#-]*(?:\w+:[ \t]*)?|[;&][ \t]*)(?:alexnet|python -m jobs\.cli)[ \t]+([^;&|#\n]*)")
+# shell separator, up to the next separator or the end of the line; not `alexnet train: ...` (its output).
+COMMAND = re.compile(r"(?m)(?:^[ \t#-]*(?:\w+:[ \t]*)?|[;&][ \t]*)(?:alexnet|python -m jobs\.cli)[ \t]+"
+                     r"(?![\w-]+:)([^;&|#\n]*)")
 PROJECT_PATH = re.compile(r"(?<![\w/~.$-])((?:cluster|jobs|pipeline|trainer|configs|benchmarks)/[\w./-]*\w)")
 
 
@@ -126,6 +128,39 @@ def _check_ray_cluster_spec(spec: dict) -> list[str]:
     gpus = [int(_limits(g).get("nvidia.com/gpu", 0)) for g in groups]
     if any(n % 2 for n in gpus) or not any(gpus):
         problems.append("GPU worker groups must exist and request an even number of GPUs (one replica per pair)")
+    return problems + _check_published_limits(spec)
+
+
+def _check_published_limits(spec: dict) -> list[str]:
+    """The head publishes its own RayCluster's limits, and those match what its pods really have."""
+    from cluster.limits import autoscaler_config_from_manifest
+
+    problems = []
+    head = spec["headGroupSpec"]
+    container = ((head.get("template") or {}).get("spec", {}).get("containers") or [{}])[0]
+    hook = " ".join(((container.get("lifecycle") or {}).get("postStart") or {}).get("exec", {}).get("command") or [])
+    if "python -m cluster.limits --kuberay" not in hook:
+        problems.append("the head must publish the cluster's limits: a lifecycle.postStart hook running "
+                        "`python -m cluster.limits --kuberay CLUSTER --namespace NS`")
+    else:
+        env = {e.get("name"): ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+               for e in container.get("env") or []}
+        for flag, field in (("--kuberay", "metadata.labels['ray.io/cluster']"), ("--namespace", "metadata.namespace")):
+            var = re.search(flag + r"""\s+["']?\$\{?(\w+)""", hook)
+            if not var or env.get(var.group(1)) != field:
+                problems.append(f"the limits publisher's {flag} must come from the head pod's own {field} "
+                                f"(an env var with valueFrom.fieldRef), or it publishes another cluster's limits")
+    for group in spec.get("workerGroupSpecs") or []:
+        params, limits = group.get("rayStartParams") or {}, _limits(group)
+        for param, limit in (("num-gpus", "nvidia.com/gpu"), ("num-cpus", "cpu")):
+            if param in params and limit in limits and str(params[param]) != str(limits[limit]):
+                problems.append(f"worker group {group.get('groupName')}: rayStartParams {param} {params[param]!r} "
+                                f"disagrees with its container's {limit} limit {limits[limit]!r}: "
+                                f"the published limits would not be what the pods have")
+    try:
+        autoscaler_config_from_manifest({"kind": "RayCluster", "metadata": {"name": "check"}, "spec": spec})
+    except Exception as e:  # Ray's own reading of the worker groups, the one the publisher and autoscaler use
+        problems.append(f"KubeRay's autoscaler cannot read the worker groups' limits: {e}")
     return problems
 
 

@@ -124,3 +124,35 @@ def test_readme_cluster_and_demo_commands_are_real():
     assert text.count("alexnet ") > 8
     assert check.check_commands(text) == []
     assert check.check_commands("alexnet submit --wait -- train --data x --name y") != []
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml"])
+def test_kuberay_checks_catch_a_head_that_publishes_no_or_wrong_limits(tmp_path, name):
+    manifest = yaml.safe_load((check.CLUSTER_DIR / "kuberay" / name).read_text())
+
+    def cluster(doc):
+        return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+
+    def head(doc):
+        return cluster(doc)["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+    cases = {}
+    broken = copy.deepcopy(manifest)
+    del head(broken)["lifecycle"]
+    cases["the head must publish the cluster's limits"] = broken
+    broken = copy.deepcopy(manifest)  # a fixed name: on a RayJob's generated cluster, another cluster's limits
+    command = head(broken)["lifecycle"]["postStart"]["exec"]["command"]
+    command[-1] = command[-1].replace('"$ALEXNET_RAY_CLUSTER"', "alexnet")
+    cases["--kuberay must come from the head pod's own metadata.labels['ray.io/cluster']"] = broken
+    broken = copy.deepcopy(manifest)
+    head(broken)["env"] = [e for e in head(broken)["env"] if e["name"] != "ALEXNET_NAMESPACE"]
+    cases["--namespace must come from the head pod's own metadata.namespace"] = broken
+    broken = copy.deepcopy(manifest)  # Ray would advertise (and publish) 4 GPUs on pods that have 2
+    cluster(broken)["workerGroupSpecs"][-1]["rayStartParams"]["num-gpus"] = "4"
+    cases["rayStartParams num-gpus '4' disagrees with its container's nvidia.com/gpu limit '2'"] = broken
+    broken = copy.deepcopy(manifest)
+    cluster(broken)["workerGroupSpecs"][-1]["rayStartParams"]["num-gpus"] = "two"
+    cases["KubeRay's autoscaler cannot read the worker groups' limits"] = broken
+    for expected, broken in cases.items():
+        problems = check.check_kuberay_manifest(_write(tmp_path, name, broken))
+        assert any(expected in p for p in problems), (expected, problems)

@@ -5,9 +5,9 @@ what is up at submit time says nothing. Where the cluster publishes its limits (
 record, read with `ray._private.state.state.get_cluster_config()`, the source Ray Train's own worker
 group checks; `cluster/limits.py` publishes it for the clusters we define), a request is judged against
 the node types and their max counts: one that can never fit fails at once, one that fits is submitted
-and waits for its nodes. A cluster that publishes no limits (one without an autoscaler; KubeRay's, whose
-autoscaler does not publish them either) keeps the immediate check against what is up, and the error
-says how to publish them.
+and waits for its nodes. A cluster that publishes no limits (one without an autoscaler, or one not
+defined here: neither Ray's autoscaler nor KubeRay's publishes them) keeps the immediate check against
+what is up, and the error says how to publish them.
 """
 
 from __future__ import annotations
