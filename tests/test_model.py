@@ -272,4 +272,5 @@ def test_summary_table_and_cli():
     result = json.loads(run_cli("summary", "--variant", "one-tower", "--input", "227", "--json").stdout)
     assert result["total_params"] == 62_378_344 and result["layers"][0]["output_shape"] == [96, 55, 55]
     bad = run_cli("summary", "--input", "256", check=False)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "got [1, 3, 256, 256]" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--input 256: AlexNet takes square inputs of 223 to 227" in bad.stderr

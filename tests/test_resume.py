@@ -65,6 +65,10 @@ def test_same_command_resumes_past_a_truncated_latest_checkpoint(reference, smal
     shutil.copytree(reference, runs / "reference")
     run_dir = str(runs / "reference")
     damage(run_dir, "checkpoint-00000014", "truncated")
+    # as when the last save was cut off: the run never wrote its end record (a finished run is not resumed)
+    metrics = runs / "reference" / "metrics.jsonl"
+    metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
+                               if json.loads(line)["kind"] != "end"))
     result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
     assert "skipping checkpoint checkpoint-00000014: checkpoint.pt is not a readable checkpoint" in result.stdout
     assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(2, 12, 5)]

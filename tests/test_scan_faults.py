@@ -31,12 +31,13 @@ STRAY = "not inside a class folder (class folders label their images; this file 
 def faulty_tree(tmp_path: Path) -> tuple[Path, dict]:
     """Three real classes of two images, a fourth linked in from outside, one empty class folder between
     them, and one of each fault. Returns (root, names)."""
-    images = sample_files()[:4]
+    images = sample_files()[:8:2]  # every other class: there is room for a class name between two
     a, b, c, d = (synset_of(image) for image in images)
     root = class_tree(tmp_path / "train", images[:3], per_class=2)
     outside = class_tree(tmp_path / "elsewhere", images[3:4])
     os.symlink(outside / d, root / d)  # a class folder kept elsewhere: followed
-    empty = a[:-3] + "999"  # sorts between a and b
+    empty = f"n{int(a[1:]) + 1:08d}"  # sorts between a and b
+    assert a < empty < b
     (root / empty).mkdir()
     (root / ".ipynb_checkpoints").mkdir()
     (root / ".ipynb_checkpoints" / f"{a}_0.JPEG").write_bytes((root / a / f"{a}_0.JPEG").read_bytes())

@@ -102,8 +102,8 @@ def test_class_list_forms(tmp_path):
 def test_train_tar_reports_hidden_members_and_keeps_empty_class_tars(tmp_path, images):
     root = class_tree(tmp_path / "train", images[:2])
     (root / synset_of(images[0]) / ".DS_Store").write_bytes(b"junk")
-    (root / "n00000001").mkdir()  # becomes an empty per-class tar
+    (root / "n99999999").mkdir()  # becomes an empty per-class tar
     scan = find_inputs(str(train_tar(root, tmp_path / "ILSVRC2012_img_train.tar")))
     assert scan.skipped == [{"path": f"{synset_of(images[0])}/.DS_Store", "reason": HIDDEN}]
     assert [i.path for i in scan.inputs] == sorted(f"{synset_of(i)}/{synset_of(i)}_0.JPEG" for i in images[:2])
-    assert scan.class_folders == ["n00000001"] + sorted(synset_of(i) for i in images[:2])
+    assert scan.class_folders == sorted(["n99999999", *(synset_of(i) for i in images[:2])])

@@ -40,9 +40,12 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     preflight.check(config, read_manifest(config.data, "train"))  # what would otherwise fail in every worker
     run_dir = storage.join(config.storage, config.name)
     if not fresh:
+        changed = _check_same_run(config, run_dir)  # a different model shape is refused, finished or not
         if _finished(config, run_dir):
             return 0
-        _check_same_run(config, run_dir)
+        if changed is not None:
+            print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
+                  + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
     with own_ray(address, {"env_vars": _forwarded_env()}):
@@ -127,21 +130,21 @@ def _delete_run(run_dir: str) -> None:
     storage.delete_tree(run_dir)
 
 
-def _check_same_run(config: TrainConfig, run_dir: str) -> None:
+def _check_same_run(config: TrainConfig, run_dir: str) -> list[str] | None:
+    """UserError if the run folder holds a run of another shape; else the config keys that differ from
+    its stored config (None when there is no run yet)."""
     import json
 
     stored_location = storage.join(run_dir, "config.json")
     if not storage.exists(stored_location):
-        return
+        return None
     stored = json.loads(storage.read_bytes(stored_location))
     changed = [f"{k}: {stored.get(k)!r} -> {getattr(config, k)!r}" for k in SHAPE_FIELDS
                if stored.get(k) != getattr(config, k)]
     if changed:
         raise UserError(f"run {run_dir} exists with a different {', '.join(changed)}; continue it with "
                         f"the same settings, or start over with --fresh or another --name")
-    other = [k for k in stored if k in config.to_dict() and stored[k] != getattr(config, k)]
-    print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
-          + (f" (changed: {', '.join(other)})" if other else ""), flush=True)
+    return [k for k in stored if k in config.to_dict() and stored[k] != getattr(config, k)]
 
 
 def _finished(config: TrainConfig, run_dir: str) -> bool:
