@@ -1,6 +1,6 @@
 """The demo's ten-crop error over seeds: the figures README "## Demo" quotes come from this script.
 
-    python benchmarks/bench_demo_seeds.py --out /tmp/demo-seeds              # seeds 0-4, ~5 x 5-6 min on 2 idle cores
+    python benchmarks/bench_demo_seeds.py --out /tmp/demo-seeds              # seeds 0-4, ~5 x 4 min on 2 idle cores
     python benchmarks/bench_demo_seeds.py --out /tmp/demo-seeds --seeds 0 1  # a subset
 
 Each seed is a whole `alexnet demo --seed S` run in a subprocess (the same command a user types), so

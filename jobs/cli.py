@@ -241,7 +241,7 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole system on one machine: data, shards, training, ten-crop eval, report",
                        description="Generate (or take) a small ImageNet-shaped dataset, shard it with Ray, train a "
                        "reduced-width AlexNet with the plateau schedule, evaluate with ten crops, and write "
-                       "report.md / report.json into --out. Defaults: about 5-6 minutes on 2 idle CPU cores.")
+                       "report.md / report.json into --out. Defaults: about 4 minutes on 2 idle CPU cores.")
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     p.add_argument("--images", help="a real tree instead of generated data: DIR/train/<synset>/*.JPEG and "
                    "DIR/val/, either class folders val/<synset>/ or flat files whose labels are in "

@@ -1,6 +1,6 @@
 """`alexnet demo`: the whole system on one machine, in minutes, with the real code at every step.
 
-    alexnet demo --out demo-out                    # generated data, local Ray, about 5-6 minutes on 2 cores
+    alexnet demo --out demo-out                    # generated data, local Ray, about 4 minutes on 2 idle cores
     alexnet demo --out demo-out --images ~/imagenet-subset   # a real tree: train/<synset>/, optional val/
 
 generate (or take) an ImageNet-shaped tree → `alexnet shard` (Ray tasks) for train and val → `alexnet

@@ -29,7 +29,7 @@ def test_help_version_and_config_keys():
         assert usage.split("\n\n")[1].strip(), f"`alexnet {command} --help` has no description"
     assert re.fullmatch(r"alexnet-ray \d+\.\d+\.\d+\n", run_cli("--version", timeout=60).stdout)
     demo = " ".join(run_cli("demo", "--help", timeout=60).stdout.split())
-    assert "about 5-6 minutes" in demo and "DIR/val_labels.csv ('file,synset' lines, beside val/)" in demo
+    assert "about 4 minutes" in demo and "DIR/val_labels.csv ('file,synset' lines, beside val/)" in demo
 
     listing = run_cli("train", "--list-config", timeout=60).stdout
     for name in FIELDS:  # every key of the typed config, with its default and range

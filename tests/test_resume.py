@@ -1,7 +1,8 @@
 """Long runs meet damaged checkpoints: a truncated file, a deleted folder, an upload cut off. Resume falls back
 to the newest readable checkpoint, says what it skipped, and leaves a run folder Ray Train accepts; user
 errors stop a run at its first attempt. Runs are copies of the session's reference run (tests/conftest.py).
-A checkpoint that goes bad while the run is up is tested with a lost node in tests/test_autoscaling.py.
+A checkpoint that goes bad while the run is up is tested with a lost node in tests/test_autoscaling.py; the
+same command resuming past an upload cut off, end to end, with the driver's death on S3 in tests/test_train.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 import pytest
 
 from conftest import run_cli, train_args
-from test_train import assert_bitwise_equal, checkpoint_names, records
+from test_train import checkpoint_names
 from trainer import resume
 
 pytestmark = pytest.mark.slow
@@ -57,23 +58,6 @@ def test_repair_drops_an_unreadable_latest_checkpoint(how, reference, tmp_path):
     assert checkpoint_names(run_dir) == ["checkpoint-00000012"]  # nothing unreadable left behind
     assert Result.from_path(run_dir).checkpoint.path.endswith("checkpoint-00000012")  # Ray Train reads it
     assert resume.repair_run(run_dir) == []  # a sound run folder is left alone
-
-
-def test_same_command_resumes_past_a_truncated_latest_checkpoint(reference, small_dataset, ray_head, tiny_config,
-                                                                 tmp_path):
-    runs = tmp_path / "runs"
-    shutil.copytree(reference, runs / "reference")
-    run_dir = str(runs / "reference")
-    damage(run_dir, "checkpoint-00000014", "truncated")
-    # as when the last save was cut off: the run never wrote its end record (a finished run is not resumed)
-    metrics = runs / "reference" / "metrics.jsonl"
-    metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
-                               if json.loads(line)["kind"] != "end"))
-    result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
-    assert "skipping checkpoint checkpoint-00000014: checkpoint.pt is not a readable checkpoint" in result.stdout
-    assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(2, 12, 5)]
-    assert_bitwise_equal(run_dir, reference)
-    assert listed(run_dir) == (["checkpoint-00000012", "checkpoint-00000014"], "checkpoint-00000014")
 
 
 def test_user_errors_stop_at_once_in_one_line(small_dataset, ray_head, tiny_config, tmp_path):

@@ -127,8 +127,8 @@ def test_killed_worker_recovers_by_itself_bitwise(reference, small_dataset, ray_
     assert_bitwise_equal(run_dir, reference)
 
 
-def test_same_command_continues_a_run_whose_driver_died_on_s3(reference, small_dataset, ray_head, tiny_config,
-                                                              s3_bucket, tmp_path):
+def test_same_command_continues_after_driver_death_past_a_cut_off_upload(reference, small_dataset, ray_head,
+                                                                         tiny_config, s3_bucket, tmp_path):
     storage_url = f"s3://{s3_bucket}/runs"
     run_dir = f"{storage_url}/restarted"
     args = train_args(small_dataset, "restarted", storage_url, tiny_config, ray_head)
@@ -137,10 +137,17 @@ def test_same_command_continues_a_run_whose_driver_died_on_s3(reference, small_d
     driver.communicate(timeout=60)
     worker.wait(timeout=120)
     assert checkpoint_names(run_dir)[-1] == "checkpoint-00000008"  # what survived, on S3
+    # and the latest checkpoint's upload was cut off half way: resume falls back to the one before it
+    fs, root = storage.resolve(f"{run_dir}/checkpoint-00000008/checkpoint.pt")
+    with fs.open_input_file(root) as f:
+        whole = f.read()
+    with fs.open_output_stream(root) as f:
+        f.write(whole[:len(whole) // 2])
 
     result = run_cli(*args, timeout=400)  # the same command again
     assert "continuing run" in result.stdout
-    assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(2, 8, 1)]
+    assert "skipping checkpoint checkpoint-00000008: checkpoint.pt is not a readable checkpoint" in result.stdout
+    assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(2, 7, 0)]
     assert_bitwise_equal(run_dir, reference)
 
 
