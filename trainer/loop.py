@@ -87,8 +87,8 @@ def train_worker(params: dict) -> None:
             loader.set_epoch(epoch)
             epoch_step = 0
             print(f"[rank {rank}] resuming {world} replicas from a {state['world_size']}-replica "
-                  f"checkpoint: epoch {epoch} restarts from its first batch")
-        print(f"[rank {rank}] resumed at epoch {epoch}, step {step}, batch {epoch_step}")
+                  f"checkpoint: epoch {epoch + 1} restarts from its first batch")
+        print(f"[rank {rank}] resumed at epoch {epoch + 1}, step {step}, batch {epoch_step}")
     else:
         loader.set_epoch(0)
     replica = torch.nn.parallel.DistributedDataParallel(model, device_ids=None) if world > 1 else model
