@@ -1,6 +1,6 @@
 """Latencies on an autoscaling cluster at rest (Ray's fake multi-node provider, one machine): from
-`alexnet train` to its first step while the autoscaler starts the nodes, and the seconds one lost node
-costs (from its raylet's death to training again, plus the steps redone since the last checkpoint).
+`alexnet submit -- train` to its first step while the autoscaler starts the nodes, and the seconds one lost
+node costs (from its raylet's death to training again, plus the steps redone since the last checkpoint).
 
     python benchmarks/bench_cluster.py --data DATASET     # e.g. the tests' small dataset (10 classes)
 
@@ -51,14 +51,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     config = work / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
-    cluster = AutoscalingCluster({"cpu1": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 3}}).start()
+    pid_file = work / "worker.pid"
+    hook = {"ALEXNET_DEBUG_PAUSE_STEP": "10", "ALEXNET_DEBUG_PAUSE_RANK": "1", "ALEXNET_DEBUG_PID_FILE": str(pid_file)}
+    cluster = AutoscalingCluster({"cpu1": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 3}},
+                                 env=hook).start()  # a job's environment is the cluster's
     try:
-        pid_file = work / "worker.pid"
-        env = {**os.environ, "ALEXNET_DEBUG_PAUSE_STEP": "10", "ALEXNET_DEBUG_PAUSE_RANK": "1",
-               "ALEXNET_DEBUG_PID_FILE": str(pid_file)}
         started = time.monotonic()
-        driver = subprocess.Popen(alexnet_cmd(*train_args(args.data, "run", str(work), str(config), cluster.address)),
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        job = train_args(args.data, "run", str(work), str(config), cluster.address)[:-2]  # a job needs no --address
+        driver = subprocess.Popen(alexnet_cmd("submit", "--address", cluster.dashboard_url, "--", *job),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         metrics = work / "run" / "metrics.jsonl"
         first_step = first_record(metrics, "step")
         while not pid_file.exists():
@@ -71,7 +72,7 @@ def main() -> int:
         driver.wait(timeout=600)
         steps = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "step"]
         step_s = 8 * 2 / min(s["images_per_s"] for s in steps)  # slowest window: batch 8 x 2 replicas a step
-        print(f"submit to first logged step (step 2), cluster at rest: {first_step - started:.1f} s")
+        print(f"`alexnet submit` to the first logged step (step 2), cluster at rest: {first_step - started:.1f} s")
         print(f"lost node: {resumed - killed:.1f} s from the kill to the resumed workers, "
               f"+ 2 steps redone (~{2 * step_s:.1f} s); exit status {driver.returncode}")
     finally:

@@ -25,7 +25,7 @@ import yaml
 from conftest import BIN, free_port, stop_ray_processes
 
 
-def cluster_config(gcs_port: int, worker_types: dict) -> dict:
+def cluster_config(gcs_port: int, worker_types: dict, idle_timeout_minutes: float = 1) -> dict:
     """An autoscaler config for the fake provider; `worker_types` maps a node type to its resources,
     min_workers and max_workers (the shape of `available_node_types` entries)."""
     types = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
@@ -33,7 +33,7 @@ def cluster_config(gcs_port: int, worker_types: dict) -> dict:
     return {
         "cluster_name": f"fake-{gcs_port}",
         "max_workers": sum(spec.get("max_workers", 0) for spec in worker_types.values()),
-        "idle_timeout_minutes": 1,
+        "idle_timeout_minutes": idle_timeout_minutes,
         "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}",
                      "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True},
@@ -54,12 +54,19 @@ class AutoscalingCluster:
     worker_types: dict
     env: dict = field(default_factory=dict)
     publish_limits: bool = True
+    idle_timeout_minutes: float = 1
     port: int = 0
+    dashboard_port: int = 0
     temp_dir: str = ""
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The jobs API, for `alexnet submit --address`."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self, attempts: int = 2) -> AutoscalingCluster:
         """`ray start --head` with the autoscaler; a start that times out on a busy machine is tried again."""
@@ -72,16 +79,16 @@ class AutoscalingCluster:
         return self
 
     def _start(self) -> AutoscalingCluster:
-        self.port = free_port()
+        self.port, self.dashboard_port = free_port(), free_port()
         self.temp_dir = tempfile.mkdtemp(prefix="rayas", dir="/tmp")  # short: socket paths are limited
         config = Path(self.temp_dir) / "autoscaler.yaml"
-        config.write_text(yaml.safe_dump(cluster_config(self.port, self.worker_types)))
+        config.write_text(yaml.safe_dump(cluster_config(self.port, self.worker_types, self.idle_timeout_minutes)))
         env = {**os.environ, **self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         result = subprocess.run(
             [str(BIN / "ray"), "start", "--head", f"--port={self.port}", "--num-cpus=0",
              "--node-ip-address=127.0.0.1", f"--autoscaling-config={config}", f"--temp-dir={self.temp_dir}",
              f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-             f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+             f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
             env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
         if result.returncode != 0:
             self.stop()
@@ -112,6 +119,14 @@ class AutoscalingCluster:
                 return raylets
             time.sleep(0.5)
         raise TimeoutError(f"the autoscaler did not start {count} worker nodes in {timeout} s")
+
+    def wait_for_rest(self, timeout: float = 120) -> None:
+        """Until the autoscaler has removed every idle worker node (after `idle_timeout_minutes`)."""
+        deadline = time.time() + timeout
+        while self.worker_raylets():
+            if time.time() > deadline:
+                raise TimeoutError(f"worker nodes still up {timeout} s after the last work")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         # the head's processes carry temp_dir, the worker nodes' raylets the GCS port; their children go too

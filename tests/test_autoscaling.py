@@ -1,18 +1,25 @@
-"""`alexnet train` on a real autoscaling cluster at rest (Ray's fake multi-node provider: the real autoscaler
-starts worker nodes as local raylets), as users run the clusters in cluster/: a head without CPUs, a
-worker type at zero nodes. One cluster for the module; the tiny run is the session's reference config.
+"""Jobs on a real autoscaling cluster at rest (Ray's fake multi-node provider: the real autoscaler starts
+worker nodes as local raylets), as users run the clusters in cluster/: a head without CPUs, a worker type at
+zero nodes. One cluster for the module; the tiny run is the session's reference config.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import subprocess
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from autoscaling_cluster import AutoscalingCluster
-from conftest import run_cli, train_args
-from test_train import assert_bitwise_equal, checkpoint_names, records, start_paused
+from conftest import alexnet_cmd, run_cli, train_args
+from pipeline import storage
+from test_train import KILL_STEP, assert_bitwise_equal, checkpoint_names, records
 
 pytestmark = pytest.mark.slow
 
@@ -21,37 +28,94 @@ WORKER_TYPES = {"cpu1": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server):
-    started = AutoscalingCluster(WORKER_TYPES, env=s3_server).start()
+def pid_file(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("paused") / "worker.pid")
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, pid_file):
+    """Every process on the cluster carries the failure-test hook (a job's environment is the cluster's):
+    the first run to reach step KILL_STEP pauses its rank 1 there, once, and writes that worker's pid.
+    Idle nodes go after 15 s, so a test can wait for the cluster to come back to rest."""
+    hook = {"ALEXNET_DEBUG_PAUSE_STEP": str(KILL_STEP), "ALEXNET_DEBUG_PAUSE_RANK": "1",
+            "ALEXNET_DEBUG_PID_FILE": pid_file}
+    started = AutoscalingCluster(WORKER_TYPES, env={**s3_server, **hook}, idle_timeout_minutes=0.25).start()
     yield started
     started.stop()
 
 
-def test_run_starts_from_rest_and_survives_a_lost_node(cluster, reference, small_dataset, tiny_config, tmp_path):
-    """The lost node's run also finds its last checkpoint (step 8) damaged: the restarted workers fall back to
-    the one before (step 7, the end of epoch 0) and redo the steps since, to the same final weights."""
+def _submit(cluster: AutoscalingCluster, *job: str) -> subprocess.Popen:
+    """`alexnet submit` of one job to the cluster's jobs API, which follows the job and streams its log."""
+    return subprocess.Popen(alexnet_cmd("submit", "--address", cluster.dashboard_url, "--", *job),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _succeeded(follower: subprocess.Popen, timeout: float = 400) -> str:
+    log, _ = follower.communicate(timeout=timeout)
+    job_id = re.search(r"submitted (alexnet-\S+):", log).group(1)
+    assert follower.returncode == 0 and f"job {job_id} succeeded" in log, log[-3000:]
+    return log
+
+
+def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
+        cluster, pid_file, reference, small_dataset, tiny_config, s3_bucket):
+    """Shard, train (2 workers) and eval as jobs, as users run them on the clusters in cluster/: each is
+    `alexnet submit` to the jobs API of a head without CPUs, dataset and runs on S3. Mid-run the node holding
+    rank 1 disappears, as a spot node does, and the latest checkpoint's upload was cut off: the restarted
+    workers fall back to the one before and redo the steps since. Shards and weights equal the local ones'."""
     assert cluster.worker_raylets() == []  # at rest: no worker node
-    run_dir = str(tmp_path / "runs" / "spot")
-    args = train_args(small_dataset, "spot", str(tmp_path / "runs"), tiny_config, cluster.address)
-    driver, worker = start_paused(args, str(tmp_path / "worker.pid"), rank=1)
+    data, runs = f"s3://{s3_bucket}/imagenet", f"s3://{s3_bucket}/runs"
+    local = Path(small_dataset)
+    log = _succeeded(_submit(cluster, "shard", str(local.parent / "train"), data, "--split", "train",
+                             "--shard-size", "16"))
+    assert "train: 120 samples written in 8 shards" in log, log[-3000:]
+    for name in sorted(os.listdir(local)):
+        if name.startswith("train") or name == "stats.json":  # the same inputs gave the same bytes
+            assert storage.read_bytes(f"{data}/{name}") == (local / name).read_bytes(), name
+        else:  # the validation split goes up as it is
+            storage.write_bytes_atomic(f"{data}/{name}", (local / name).read_bytes())
+
+    cluster.wait_for_rest()  # the shard job's nodes went idle and the autoscaler removed them
+    follower = _submit(cluster, *train_args(data, "spot", runs, tiny_config, cluster.address)[:-2])
+    deadline = time.time() + 300
+    while not os.path.exists(pid_file):
+        assert follower.poll() is None and time.time() < deadline, follower.communicate()[0][-3000:]
+        time.sleep(0.5)
+    worker = psutil.Process(int(open(pid_file).read()))
     raylets = cluster.worker_raylets()
     assert len(raylets) >= 2  # the autoscaler launched the nodes the run asked for
-    # the node holding rank 1 disappears, as a spot node does: its raylet dies, and its workers with it
     node = next(r for r in raylets if worker.pid in {c.pid for c in r.children(recursive=True)})
-    latest = os.path.join(run_dir, "checkpoint-00000008", "checkpoint.pt")
-    with open(latest, "r+b") as f:  # a disk or an upload gone wrong while the run was up
-        f.truncate(os.path.getsize(latest) // 2)
-    node.send_signal(signal.SIGKILL)
-    output, _ = driver.communicate(timeout=400)
-    assert driver.returncode == 0, output[-3000:]
-    assert "waiting for nodes: --workers 2 x {CPU: 1} each" in output  # said what it waited for
-    assert "skipping checkpoint checkpoint-00000008" in output and "older checkpoint checkpoint-00000007" in output
+    run_dir = f"{runs}/spot"
+    latest = f"{run_dir}/checkpoint-00000008/checkpoint.pt"
+    whole = storage.read_bytes(latest)
+    fs, path = storage.resolve(latest)
+    with fs.open_output_stream(path) as f:  # an upload gone wrong while the run was up
+        f.write(whole[:len(whole) // 2])
+    node.send_signal(signal.SIGKILL)  # its raylet dies, and its workers with it
+    log = _succeeded(follower)
+    assert "waiting for nodes: --workers 2 x {CPU: 1} each" in log  # said what it waited for
+    assert "skipping checkpoint checkpoint-00000008" in log and "older checkpoint checkpoint-00000007" in log
+    # a job's log is no terminal: plain progress lines, one per step record, then each epoch's line
+    assert re.search(r"^epoch 1/2 \[#*\.*\] \d+/7 steps, loss [\d.]+, lr [\d.]+, \d+ images/s$", log, re.M)
+    assert re.search(r"^epoch 2/2: train loss [\d.]+, top-1 error .* -> stop \(\d+ s\)$", log, re.M)
     resumes = records(run_dir, "resume")
-    assert [(r["epoch"], r["step"], r["batch"], r["skipped"]) for r in resumes] == [(2, 7, 0, ["checkpoint-00000008"])]
+    assert [(r["epoch"], r["step"], r["batch"], r["skipped"]) for r in resumes] == [
+        (2, 7, 0, ["checkpoint-00000008"])]
     assert_bitwise_equal(run_dir, reference)
     # the redone step-8 checkpoint had a folder of its own (checkpoint-00000008-2), so rotating the damaged
     # one out deleted only that one
     assert checkpoint_names(run_dir) == ["checkpoint-00000012", "checkpoint-00000014"]
+
+    log = _succeeded(_submit(cluster, "eval", "--checkpoint", run_dir, "--data", data, "--json"))
+    scored = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
+    best = min(records(run_dir, "epoch"), key=lambda r: (r["val_top1_error"], r["epoch"]))
+    assert (scored["epoch"], scored["top1_error"]) == (best["epoch"], pytest.approx(best["val_top1_error"]))
+    job_id = re.search(r"submitted (alexnet-\S+):", log).group(1)
+    status = run_cli("jobs", "status", job_id, "--address", cluster.dashboard_url, timeout=60)
+    assert f"{job_id}: SUCCEEDED" in status.stdout
+    assert job_id in run_cli("jobs", "list", "--address", cluster.dashboard_url, timeout=60).stdout
+    logs = run_cli("jobs", "logs", job_id, "--address", cluster.dashboard_url, timeout=60).stdout
+    assert logs.strip() and logs.strip() in log  # the streamed output is the job's log
 
 
 def test_request_no_node_type_can_hold_fails_at_once(cluster, small_dataset, tiny_config, tmp_path):

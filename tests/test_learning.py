@@ -4,8 +4,8 @@ Many classes with one image each, every image repeated REPEATS times in its clas
 variety is the loader's augmentation (random crop, flip, PCA colour noise). A narrow AlexNet with the
 paper's init (N(0, 0.01), biases 1) sits at ln(classes) here (the image signal vanishes against the constant
 biases); with the default width-scaled init and Caffe's 0.1 positive bias its training loss must fall
-well below ln(classes) (on the sample photographs, several classes crops of one photograph: mean loss 1.08
-over steps 111-120 against the bound 1.59, last epoch's train top-1 error 0.36).
+well below ln(classes) (on the sample photographs, several classes crops of one photograph: mean loss 0.96
+over steps 87-96 against the bound 1.59, last epoch's train top-1 error 0.42 against chance's 0.96).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from imagenet_trees import flat_val, sample_files, synset_of
 
 pytestmark = pytest.mark.slow
 
-CLASSES, REPEATS, EPOCHS = 24, 8, 10  # 192 samples: 12 steps per epoch at batch 16, 120 steps
+CLASSES, REPEATS, EPOCHS = 24, 16, 4  # 384 samples: 24 steps per epoch at batch 16, 96 steps
 # patience = epochs: no lr reduction while the (24-image) validation error is still at chance
 SETTINGS = {"width": 0.25, "batch_size": 16, "eval_batch_size": 24, "epochs": EPOCHS, "patience": EPOCHS,
             "dropout": 0.0, "positive_bias": 0.1, "loader_workers": 0, "checkpoint_every_steps": 0,
@@ -53,6 +53,6 @@ def test_small_model_loss_falls_well_below_chance_on_one_image_classes(one_image
     # one record every 3 steps (a Ray Train report per step costs more than the step)
     assert len(losses) == EPOCHS * CLASSES * REPEATS // SETTINGS["batch_size"] // 3
     assert abs(sum(losses[:3]) / 3 - chance) < 0.5, losses[:3]  # it starts at chance (steps 3-9)...
-    assert sum(losses[-4:]) / 4 < 0.5 * chance, losses[-8:]  # ...and learns the images (steps 111-120)
+    assert sum(losses[-4:]) / 4 < 0.5 * chance, losses[-8:]  # ...and learns the images (steps 87-96)
     last = [r for r in records if r["kind"] == "epoch"][-1]
-    assert last["train_top1_error"] < 0.5, last
+    assert last["train_top1_error"] < 0.6, last  # chance: 1 - 1/24

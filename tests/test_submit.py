@@ -6,7 +6,6 @@ directory package holds everything a job needs (and nothing it must not carry: .
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -93,27 +92,8 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
 
 # ---- real jobs on the session's Ray head -------------------------------------------------------------
 
-@pytest.mark.slow
-def test_submitted_shard_job_writes_the_dataset(dashboard_url, sample_images, tmp_path):
-    src = tmp_path / "train"
-    for i, image in enumerate(sorted(sample_images.iterdir())[:6]):
-        (src / image.name[:9]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(image, src / image.name[:9] / f"{image.name[:9]}_{i}.JPEG")
-    out = tmp_path / "shards"
-    result = run_cli("submit", "--address", dashboard_url, "--", "shard", src, out, "--split", "train",
-                     "--shard-size", "4", timeout=300)
-    job_id = _job_id(result.stdout)
-    assert f"job {job_id} succeeded" in result.stdout
-    manifest = json.loads((out / "train.manifest.json").read_text())
-    assert manifest["total_samples"] == 6 and len(manifest["shards"]) == 2
-    assert sorted(p.name for p in out.glob("train-*.tar")) == ["train-000000.tar", "train-000001.tar"]
-
-    status = run_cli("jobs", "status", job_id, "--address", dashboard_url, timeout=60)
-    assert f"{job_id}: SUCCEEDED" in status.stdout
-    assert job_id in run_cli("jobs", "list", "--address", dashboard_url, timeout=60).stdout
-    logs = run_cli("jobs", "logs", job_id, "--address", dashboard_url, timeout=60).stdout
-    assert logs.strip() and logs.strip() in result.stdout  # the streamed output is the job's log
-
+# A shard, a train and an eval job, followed to the end with `jobs status` and `jobs logs`: on the autoscaling
+# cluster of tests/test_autoscaling.py, with the dataset and the runs on S3.
 
 @pytest.mark.slow
 def test_failing_job_exits_non_zero_with_its_error(dashboard_url, tmp_path):
@@ -128,22 +108,6 @@ def test_failing_job_exits_non_zero_with_its_error(dashboard_url, tmp_path):
 
 TINY_TRAIN = ["--set", "width=0.25", "--set", "batch_size=8", "--set", "eval_batch_size=8", "--set",
               "loader_workers=0", "--set", "checkpoint_every_steps=0", "--set", "deterministic=false"]
-
-
-@pytest.mark.slow
-def test_submitted_train_job_writes_a_run(dashboard_url, small_dataset, tmp_path):
-    runs = tmp_path / "runs"
-    result = run_cli("submit", "--address", dashboard_url, "--", "train", "--data", small_dataset,
-                     "--name", "tiny", "--storage", runs, "--set", "epochs=1", "--set", "steps_per_epoch=3",
-                     "--set", "log_every_steps=1",
-                     *TINY_TRAIN, timeout=400)
-    assert "succeeded" in result.stdout and "alexnet train: finished" in result.stdout
-    records = [json.loads(line) for line in (runs / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]  # epochs count from 1
-    # a job's log is no terminal: plain progress lines, one per step record, then the epoch's line
-    assert re.search(r"^epoch 1/1 \[#*\.*\] \d+/3 steps, loss [\d.]+, lr 0.01, \d+ images/s$", result.stdout, re.M)
-    assert re.search(r"^epoch 1/1: train loss [\d.]+, top-1 error .* -> stop \(\d+ s\)$", result.stdout, re.M)
-    assert list((runs / "tiny").glob("checkpoint_*")) or list((runs / "tiny").glob("checkpoint-*"))
 
 
 @pytest.mark.slow
