@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,6 +187,19 @@ def _unknown_key(key: str, source: str) -> UserError:
     return UserError(f"{source}: unknown config key {key!r}{hint}")
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1:2` as the base-60 integer 62: `workers: 1:2` must stay the text it looks like."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+
+
 def read_config_file(path: str) -> dict:
     """A flat mapping from a .yaml/.yml/.toml/.json file; errors name the file."""
     if not os.path.isfile(path):
@@ -198,7 +212,7 @@ def read_config_file(path: str) -> dict:
         elif path.endswith(".json"):
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_YamlLoader) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"config file {path} cannot be parsed: {error}".replace("\n", " ")) from None
     if not isinstance(data, dict):
