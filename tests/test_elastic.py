@@ -15,6 +15,9 @@ import pytest
 from pipeline.loader import TrainLoader
 from pipeline.loader_deals import Deal, close
 from pipeline.loader_plan import deal_size, rank_batch_positions, worker_plan
+from trainer.config import resolve_config
+from trainer.loop import lr_after_resize
+from trainer.schedule import PlateauSchedule
 
 
 def train_deal(shards, deals, world, workers, batch, trained_batches, seed=4, epoch=1, window=7):
@@ -86,3 +89,34 @@ def test_a_real_loader_resumed_at_another_world_size_reads_only_untrained_sample
         assert len(loader) == len(positions) == (317 - 2 * 5 * batch) // (3 * batch)
         seen += [label for _, labels in loader for label in labels.tolist()]
     assert len(seen) == len(set(seen)) and 317 - len(seen) < 3 * batch
+
+
+def test_with_scale_lr_the_lr_follows_the_replicas_and_keeps_the_schedules_reductions():
+    config = resolve_config(None, ["scale_lr=true", "lr=0.01"], data="d", name="n", workers="2:8")
+    assert (config.min_workers, config.workers) == (2, 8)
+    schedule = PlateauSchedule(config.lr_for(4), factor=0.1, patience=1, threshold=0.0)
+    for error in (0.5, 0.5, 0.5):  # two plateaus: two reductions
+        schedule.step(error)
+    assert len(schedule.reductions) == 2
+    assert lr_after_resize(config, 3, schedule) == pytest.approx(0.03 * 0.1 ** 2, rel=1e-12)
+    fixed = resolve_config(None, ["lr=0.01"], data="d", name="n", workers="2:8")
+    assert lr_after_resize(fixed, 3, schedule) == schedule.lr
+
+
+def test_the_audit_counts_samples_trained_once_and_again_across_checkpoints_and_resizes():
+    from trainer.audit import EpochAudit
+
+    old = [EpochAudit(40), EpochAudit(40)]  # two ranks of a first deal
+    old[0].mark(np.array([0, 1, 2, 3]))
+    old[1].mark(np.array([4, 5, 6, 7]))
+    saved = [a.state_dict() for a in old]
+    resumed = EpochAudit(40)  # the new rank 0 after a resize to one replica
+    resumed.close_ranks(saved)
+    resumed.mark(np.array([8, 9, 10, 11]))
+    assert resumed.summary(world=1) == {"samples_trained": 12, "samples_repeated": 0, "samples_left_out": 28}
+    same_size = EpochAudit(40)  # a restart at the same size keeps its own bits
+    same_size.load_state_dict(resumed.state_dict())
+    same_size.mark(np.array([11, 12, 5, 12]))  # 11 and 5 again, and 12 twice in one batch
+    assert same_size.summary(world=1) == {"samples_trained": 13, "samples_repeated": 3, "samples_left_out": 27}
+    same_size.reset()
+    assert same_size.summary(world=1)["samples_trained"] == 0

@@ -148,7 +148,8 @@ def test_elastic_run_shrinks_and_grows_and_trains_each_sample_at_most_once(three
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ALEXNET_TEST_ELASTIC_TWICE"),
-                    reason="a second elastic run (~140 s) is over the suite's time budget: set ALEXNET_TEST_ELASTIC_TWICE=1")
+                    reason="a second elastic run (~150 s) is over the suite's time budget: "
+                           "ALEXNET_TEST_ELASTIC_TWICE=1 runs it")
 def test_two_elastic_runs_resized_at_the_same_steps_end_with_equal_weights(three_nodes, elastic, small_dataset,
                                                                             tmp_path):
     cluster, _ = three_nodes

@@ -191,13 +191,20 @@ def _resize(state: dict, world: int, rank: int, loader: TrainLoader, audit: Epoc
         audit.close_ranks(list(state["audit"]))
     # seeded by (seed, step, rank): two runs resized at the same checkpoints draw the same numbers
     _seed_all(int(np.random.SeedSequence([config.seed, state["step"], rank]).generate_state(1)[0]), generator)
-    if config.scale_lr:  # the lr follows the replica count; the schedule's reductions are kept
-        schedule.lr = config.lr_for(world) * schedule.factor ** len(schedule.reductions)
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr
+    schedule.lr = lr_after_resize(config, world, schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = schedule.lr
     print(f"[rank {rank}] resized from {old} to {world} replicas at step {state['step']}: epoch "
           f"{state['epoch'] + 1} goes on with its untrained samples dealt to {world} ranks "
           f"({len(loader)} batches each), lr {schedule.lr:g}")
+
+
+def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
+    """With `scale_lr` the lr follows the replica count, the schedule's reductions so far kept; else it
+    stays where the schedule left it."""
+    if not config.scale_lr:
+        return schedule.lr
+    return config.lr_for(world) * schedule.factor ** len(schedule.reductions)
 
 
 def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit, config,
