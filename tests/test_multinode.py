@@ -128,16 +128,16 @@ def test_elastic_run_shrinks_and_grows_and_trains_each_sample_at_most_once(three
     cluster, worker_ids = three_nodes
     run_dir, _ = elastic
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    [epoch] = [r for r in records if r["kind"] == "epoch"]
+    # every sample once, but for fewer than one batch per replica left out
+    assert (epoch["samples_trained"], epoch["samples_repeated"], epoch["samples_left_out"]) == (112, 0, 8)
+    assert epoch["step"] == ELASTIC_STEPS
     resumes = [(r["from_world_size"], r["world_size"], r["step"]) for r in records if r["kind"] == "resume"]
     assert resumes == [(2, 1, 2), (1, 2, 4)]
     steps = {r["step"]: r for r in records if r["kind"] == "step"}
     assert sorted(steps) == list(range(1, ELASTIC_STEPS + 1))
     assert [steps[s]["world_size"] for s in sorted(steps)] == [2, 2, 1, 1, 2, 2, 2, 2]
     assert [steps[s]["lr"] for s in (1, 2, 3, 4, 5)] == [0.01, 0.01, 0.005, 0.005, 0.01]  # scale_lr follows R
-    [epoch] = [r for r in records if r["kind"] == "epoch"]
-    assert epoch["step"] == ELASTIC_STEPS
-    # every sample once, but for fewer than one batch per replica left out
-    assert (epoch["samples_trained"], epoch["samples_repeated"], epoch["samples_left_out"]) == (112, 0, 8)
     state = final_state(run_dir)
     assert (state["step"], state["world_size"]) == (ELASTIC_STEPS, 2)
     # the first worker group had one worker on each node; then one, then two again (one on the new node)
