@@ -89,6 +89,10 @@ def test_a_real_loader_resumed_at_another_world_size_reads_only_untrained_sample
         assert len(loader) == len(positions) == (317 - 2 * 5 * batch) // (3 * batch)
         seen += [label for _, labels in loader for label in labels.tolist()]
     assert len(seen) == len(set(seen)) and 317 - len(seen) < 3 * batch
+    # a resize while validating or saving at the end of an epoch resumes from the epoch-end checkpoint
+    # (the next epoch at batch 0, or the latest mid-epoch one): the next epoch is one whole deal
+    loader.load_state_dict({**state, "epoch": 2, "batches": 0, "deals": []})
+    assert loader.deals == () and len(loader) == 317 // (3 * batch)
 
 
 def test_with_scale_lr_the_lr_follows_the_replicas_and_keeps_the_schedules_reductions():
