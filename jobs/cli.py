@@ -158,7 +158,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder or URL written by `alexnet shard` (train + val splits)")
     p.add_argument("--name", help="run name; the same name continues the run from its last checkpoint")
     p.add_argument("--storage", help="folder or URL holding run folders (default: runs)")
-    p.add_argument("--workers", type=int, help="Ray Train workers = model replicas (default 1)")
+    p.add_argument("--workers", help="Ray Train workers = model replicas (default 1); MIN:MAX: elastic")
     p.add_argument("--gpus-per-worker", type=int, help="2: one tower per GPU; 0: CPU (default 0)")
     p.add_argument("--config", help="YAML, TOML or JSON file of config keys (README Training)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

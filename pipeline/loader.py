@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader_index import SampleIndex
-from pipeline.loader_plan import batch_sizes, rank_span
+from pipeline.loader_deals import Deal, close, from_state, to_state
+from pipeline.loader_plan import batch_sizes, deal_size, rank_batch_positions, rank_span
 from pipeline.loader_layout import BatchLayout
 from pipeline.loader_pool import BatchPool, pinned_copy
 from pipeline.loader_stream import EpochSpec, EpochStream, batch_layout
@@ -60,7 +61,9 @@ class _ShardLoader:
         self.total_samples = sum(n for _, n in self.shards)
         self.index = SampleIndex.read(self.dataset, split, self.shards, int(self.manifest["num_classes"]),
                                       verify_checksums)
-        self.batches = 0  # batches of the current epoch handed to the caller
+        self.batches = 0  # batches of the current epoch's current deal handed to the caller
+        self.deals: tuple[Deal, ...] = ()  # the epoch's closed deals (pipeline/loader_deals.py)
+        self._deal_size: tuple[tuple, int] | None = None  # ((epoch, deals), positions the current deal shares)
         self.replaced_samples = 0  # unreadable samples stood in for (skip_bad_samples=True), all epochs
         self._resume_at = 0
         self._pool: BatchPool | None = None  # workers' batch slots, mapped once, reused by every pass
@@ -69,7 +72,11 @@ class _ShardLoader:
         self._running = False  # a pass is under way (its workers write into the pool)
 
     def _rank_samples(self) -> int:
-        start, stop = rank_span(self.total_samples, self.batch_size, self.rank, self.world_size,
+        key = (self.seed, self.epoch, self.deals)
+        if self._deal_size is None or self._deal_size[0] != key:
+            self._deal_size = key, deal_size(self.total_samples, self.deals, seed=self.seed, epoch=self.epoch,
+                                             window=self.shuffle_window)
+        start, stop = rank_span(self._deal_size[1], self.batch_size, self.rank, self.world_size,
                                 drop_last=self._mode == "train")
         return stop - start
 
@@ -87,7 +94,8 @@ class _ShardLoader:
         self._check_shards_present()
         spec = EpochSpec(self.dataset, self.shards, int(self.manifest["num_classes"]), self._mode, self.crop,
                          self.image_size, self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
-                         max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples, self.index)
+                         max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples, self.index,
+                         self.deals)
         pool = self._open_pool(batch_layout(spec))
         # A private generator: starting a pass then never draws from the global torch RNG (which dropout
         # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
@@ -171,7 +179,9 @@ class TrainLoader(_ShardLoader):
 
     Every rank yields `len(loader)` full batches per epoch; across ranks no sample repeats within an
     epoch and fewer than world_size * batch_size samples are left out. The order depends on (seed,
-    epoch, world_size, batch_size, num_workers, shuffle_window) only.
+    epoch, world_size, batch_size, num_workers, shuffle_window) only. A state saved mid-epoch with
+    another world size, batch size or number of workers resumes with the epoch's untrained samples
+    dealt anew (pipeline/loader_deals.py): still no sample twice in the epoch.
 
     Every sample is checked against `<split>.index.parquet` (key at its position, label, and with
     `verify_checksums` the image's CRC32C): a sample that fails is an error naming shard and position,
@@ -197,25 +207,40 @@ class TrainLoader(_ShardLoader):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields; a resumed position in that same epoch is kept."""
         if epoch != self.epoch:
-            self.epoch, self.batches, self._resume_at = epoch, 0, 0
+            self.epoch, self.batches, self._resume_at, self.deals = epoch, 0, 0, ()
 
     def state_dict(self) -> dict:
         """Where this rank stands; small and JSON-serialisable. The same on every rank (rank not stored)."""
         return {"epoch": self.epoch, "batches": self.batches, "seed": self.seed, "world_size": self.world_size,
                 "batch_size": self.batch_size, "num_workers": max(self.num_workers, 1),
-                "shuffle_window": self.shuffle_window}
+                "shuffle_window": self.shuffle_window, "deals": to_state(self.deals)}
 
     def load_state_dict(self, state: dict) -> None:
-        """The next pass starts at batch `state["batches"]` of `state["epoch"]`, exactly as uninterrupted."""
+        """The next pass starts at batch `state["batches"]` of `state["epoch"]`, exactly as uninterrupted;
+        or, when the state was saved with another world size, batch size or number of workers, at the
+        first batch of a new deal of the positions not trained yet in that epoch."""
         mine = self.state_dict()
-        for field in ("world_size", "batch_size", "num_workers", "shuffle_window"):
-            if field in state and state[field] != mine[field]:
-                raise UserError(f"loader state was saved with {field}={state[field]}, this loader has "
-                                f"{mine[field]}: the epoch's order depends on it, so resume with the same value")
-        if not 0 <= state["batches"] <= len(self):
-            raise UserError(f"loader state has batches={state['batches']}; an epoch here has {len(self)}")
+        if state.get("shuffle_window", mine["shuffle_window"]) != mine["shuffle_window"]:
+            raise UserError(f"loader state was saved with shuffle_window={state['shuffle_window']}, this loader "
+                            f"has {mine['shuffle_window']}: the epoch's order depends on it, so resume with it")
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
-        self.batches = self._resume_at = int(state["batches"])
+        deals, batches = from_state(state.get("deals", [])), int(state["batches"])
+        dealt = Deal(*(int(state.get(field, mine[field])) for field in ("world_size", "num_workers", "batch_size")),
+                     batches)
+        if dealt[:3] != (self.world_size, mine["num_workers"], self.batch_size):
+            deals, batches = close(deals, dealt), 0
+        self.deals = deals
+        if not 0 <= batches <= len(self):
+            raise UserError(f"loader state has batches={batches}; an epoch here has {len(self)}")
+        self.batches = self._resume_at = batches
+
+    def batch_positions(self) -> list:
+        """Epoch positions of the samples in each of this rank's batches of the current deal, by batch
+        number (numpy int arrays): what an audit of the epoch marks as trained."""
+        return rank_batch_positions([n for _, n in self.shards], seed=self.seed, epoch=self.epoch, rank=self.rank,
+                                    world_size=self.world_size, batch_size=self.batch_size,
+                                    num_workers=max(self.num_workers, 1), window=self.shuffle_window,
+                                    deals=self.deals)
 
 
 class EvalLoader(_ShardLoader):

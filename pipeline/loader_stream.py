@@ -50,6 +50,7 @@ class EpochSpec:
     resume_batches: int  # the rank's batches already consumed this epoch
     skip_bad: bool
     index: SampleIndex  # each position's key, label and image checksum: every sample is checked against it
+    deals: tuple = ()  # the epoch's closed deals (pipeline/loader_deals.py): non-empty after a resize
 
 
 class EpochStream(IterableDataset):
@@ -64,7 +65,7 @@ class EpochStream(IterableDataset):
         plan = worker_plan([n for _, n in spec.shards], seed=spec.seed, epoch=spec.epoch, rank=spec.rank,
                            world_size=spec.world_size, batch_size=spec.batch_size,
                            num_workers=spec.num_workers, worker=worker, drop_last=train, shuffle=train,
-                           window=spec.window)
+                           window=spec.window, deals=spec.deals)
         try:
             yield from _batches(spec, plan, self.pool if info is not None else None, worker)
         except ShardReadError as error:
@@ -74,7 +75,7 @@ class EpochStream(IterableDataset):
 def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: int) -> Iterator[tuple]:
     done = sum(1 for b in plan.batch_ids if b < spec.resume_batches)  # this worker's batches already used
     first_slot = sum(plan.batch_sizes[:done])
-    slot_of = np.empty(len(plan.order), dtype=np.int64)
+    slot_of = np.full(plan.reads, -1, dtype=np.int64)  # -1: a hole (trained before a resize), never read
     slot_of[plan.order] = np.arange(len(plan.order))
     keep = slot_of >= first_slot  # samples yielded before the resume point are never decoded
     samples = _read_pieces(spec, plan.pieces, keep)

@@ -6,12 +6,14 @@ Contents (DESIGN.md "Checkpoints and runs"), every value a tensor, number, strin
     optimizer       PaperSGD's state_dict (velocities, param groups with the current lr)
     schedule        PlateauSchedule.state_dict()
     epoch, step     the epoch in progress and the global step count (optimiser steps done)
-    loader          one TrainLoader.state_dict() per rank (epoch, batches consumed, seed)
+    loader          one TrainLoader.state_dict() per rank (epoch, batches consumed in the current deal, seed,
+                    the epoch's closed deals: what a resized run needs to deal only untrained samples)
+    audit           one EpochAudit.state_dict() per rank: the epoch's samples trained so far, a bit each
     rng             one dict per rank: python, numpy, torch CPU, CUDA devices, augmentation generator
     config          the resolved TrainConfig as a dict
     history         one dict of metrics per finished epoch
     num_classes, classes, stats    what evaluation needs to rebuild the model and its input
-    world_size      the number of ranks that wrote `loader` and `rng`
+    world_size      the number of ranks that wrote `loader`, `rng` and `audit`
 
 Ray Train's checkpoint folders live in the run folder, which may be an `s3://` URL: reading goes
 through pipeline.storage (pyarrow filesystems), writing through `ray.train.report`.

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,11 @@ class TrainConfig:
     data: str = _f("", "dataset folder or URL written by `alexnet shard` (train and val splits)")
     name: str = _f("", "run name: the run folder is STORAGE/NAME")
     storage: str = _f("runs", "folder or URL (s3://, gs://) holding run folders")
-    workers: int = _f(1, "Ray Train workers = model replicas (DDP across them)", min=1)
+    workers: int = _f(1, "Ray Train workers = model replicas (DDP across them); MIN:MAX runs elastically "
+                      "(then this key holds MAX)", min=1)
+    min_workers: int = _f(0, "elastic runs: the fewest replicas to train with (0: a fixed-size run; "
+                          "`workers: MIN:MAX` sets it)", min=0)
+    resize_check_seconds: float = _f(60.0, "elastic runs: how often Ray Train looks for room to grow", min=0.0)
     gpus_per_worker: int = _f(0, "GPUs per worker: 2 puts one tower per GPU, 0 runs on the CPU",
                               choices=(0, 1, 2))
     cpus_per_worker: int = _f(1, "CPUs reserved per worker (its torch threads)", min=1)
@@ -85,8 +90,18 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
-    def lr_for_workers(self) -> float:
-        return self.lr * self.workers if self.scale_lr else self.lr
+    def lr_for(self, world_size: int) -> float:
+        """The lr with `world_size` replicas (an elastic run's current count)."""
+        return self.lr * world_size if self.scale_lr else self.lr
+
+    @property
+    def elastic(self) -> bool:
+        return 0 < self.min_workers < self.workers
+
+    @property
+    def fewest_workers(self) -> int:
+        """The replicas a run needs to start: MIN for an elastic run, else `workers`."""
+        return self.min_workers if self.elastic else self.workers
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -172,6 +187,19 @@ def _unknown_key(key: str, source: str) -> UserError:
     return UserError(f"{source}: unknown config key {key!r}{hint}")
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1:2` as the base-60 integer 62: `workers: 1:2` must stay the text it looks like."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+
+
 def read_config_file(path: str) -> dict:
     """A flat mapping from a .yaml/.yml/.toml/.json file; errors name the file."""
     if not os.path.isfile(path):
@@ -184,12 +212,28 @@ def read_config_file(path: str) -> dict:
         elif path.endswith(".json"):
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_YamlLoader) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"config file {path} cannot be parsed: {error}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
     return data
+
+
+def _set(values: dict[str, Any], key: str, raw: Any, source: str, later: bool = True) -> None:
+    """One key into `values`; `workers` may be MIN:MAX (an elastic run: sets min_workers too). A plain
+    count given `later` (a flag, --set) than the file means a fixed-size run again."""
+    if key == "workers" and isinstance(raw, str) and ":" in raw:
+        low, _, high = raw.partition(":")
+        high_value = _parse_value("workers", high, source)
+        low_value = _parse_value("workers", low, source)
+        if low_value > high_value:
+            raise UserError(f"{source}: workers={raw!r}: MIN must not exceed MAX in MIN:MAX")
+        values["workers"], values["min_workers"] = high_value, (low_value if low_value < high_value else 0)
+        return
+    values[key] = _parse_value(key, raw, source)
+    if key == "workers" and later:
+        values["min_workers"] = 0  # a plain count keeps its meaning: a fixed-size run
 
 
 def resolve_config(file: str | None = None, overrides: list[str] | tuple = (), **flags: Any) -> TrainConfig:
@@ -199,10 +243,10 @@ def resolve_config(file: str | None = None, overrides: list[str] | tuple = (), *
         for key, raw in read_config_file(file).items():
             if key not in FIELDS:
                 raise _unknown_key(key, f"config file {file}")
-            values[key] = _parse_value(key, raw, f"config file {file}")
+            _set(values, key, raw, f"config file {file}", later=False)
     for key, raw in flags.items():
         if raw is not None:
-            values[key] = _parse_value(key, raw, f"--{key.replace('_', '-')}")
+            _set(values, key, raw, f"--{key.replace('_', '-')}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -210,8 +254,10 @@ def resolve_config(file: str | None = None, overrides: list[str] | tuple = (), *
             raise UserError(f"--set {item!r}: expected key=value")
         if key not in FIELDS:
             raise _unknown_key(key, f"--set {item}")
-        values[key] = _parse_value(key, raw, f"--set {item}")
+        _set(values, key, raw, f"--set {item}")
     config = TrainConfig(**values)
+    if config.min_workers > config.workers:
+        raise UserError(f"min_workers={config.min_workers} exceeds workers={config.workers}: give workers as MIN:MAX")
     for key in ("data", "name"):
         if not getattr(config, key):
             raise UserError(f"no {key} given: pass --{key} (or set '{key}' in the config file)")

@@ -3,6 +3,7 @@
     alexnet train --data out/ --name run1                          # one machine: a local Ray instance
     alexnet train --data s3://b/imagenet --name run1 --storage s3://b/runs \
         --workers 8 --gpus-per-worker 2 --address auto              # a cluster: 8 replicas x 2 GPUs
+    ... --workers 4:8 ...                                           # elastic: 4 to 8 replicas as nodes come and go
 
 The run folder is STORAGE/NAME (Ray Train's RunConfig). Giving the same command again continues the
 run from its last checkpoint (Ray Train reads its own checkpoint list from the run folder); `--fresh`
@@ -13,6 +14,7 @@ checkpoint, without the driver's help.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from typing import Iterator
@@ -49,7 +51,8 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
     with own_ray(address, {"env_vars": _forwarded_env()}):
-        waiting_for = resources.check(config)  # raises if the cluster can never hold the run
+        needed = dataclasses.replace(config, workers=config.fewest_workers)  # what the run needs to start
+        waiting_for = resources.check(needed)  # raises if the cluster can never hold the run
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
         else:
@@ -63,7 +66,9 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
             train_worker,
             train_loop_config={"config": config.to_dict(), "run_dir": run_dir},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu,
+            scaling_config=ScalingConfig(num_workers=(config.min_workers, config.workers) if config.elastic
+                                         else config.workers, use_gpu=gpu,
+                                         elastic_resize_monitor_interval_s=config.resize_check_seconds,
                                          resources_per_worker={"CPU": config.cpus_per_worker,
                                                                **({"GPU": config.gpus_per_worker} if gpu else {})}),
             run_config=RunConfig(name=config.name, storage_path=config.storage,
@@ -73,7 +78,7 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        waiting = resources.wait_reporter(config, waiting_for) if waiting_for else None
+        waiting = resources.wait_reporter(needed, waiting_for) if waiting_for else None
         try:
             with ConsoleProgress(run_dir, config.epochs):
                 result = trainer.fit()
@@ -113,7 +118,6 @@ def check_dataset(data: str) -> None:
 
 def _absolute_storage(config: TrainConfig) -> TrainConfig:
     """Ray workers do not share the driver's working directory: local paths must be absolute."""
-    import dataclasses
 
     changes = {}
     for key in ("storage", "data"):

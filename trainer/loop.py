@@ -6,6 +6,11 @@ one step on a global batch of batch_size x R. Checkpoints are whole-run states (
 written by rank 0 after gathering every rank's loader position and RNG states, so a resumed run
 continues at the exact batch with the exact random numbers: on the CPU with deterministic kernels the
 weights come out bitwise equal to an uninterrupted run.
+
+An elastic run (`--workers MIN:MAX`) may resume with another number of replicas. Mid-epoch, the loader
+then deals the samples no rank trained yet among the new ranks (pipeline/loader_deals.py), the new rank
+0 carries the old ranks' loss totals and sample audit (trainer/audit.py), the per-replica batch stays,
+and with `scale_lr` the lr follows the new replica count (the schedule's reductions kept).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from ray.train import Checkpoint
 
 from pipeline.augment import BatchTransform
 from pipeline.loader import EvalLoader, TrainLoader
+from pipeline.loader_deals import batches_done
 from pipeline.shards import read_manifest
 from pipeline.stats import read_stats
 from trainer import checkpoint as ckpt
+from trainer.audit import EpochAudit
 from trainer.config import TrainConfig, config_from_dict
 from trainer.evaluate import errors_from_totals, eval_totals
 from trainer.model import AlexNet
@@ -51,9 +58,9 @@ def train_worker(params: dict) -> None:
     model = AlexNet(manifest["num_classes"], config.variant, devices, width=config.width,
                     dropout=config.dropout, positive_bias=config.positive_bias, init=config.init)
     optimizer = PaperSGD(param_groups(model, config.weight_decay, config.decay_biases),
-                         lr=config.lr_for_workers(), momentum=config.momentum,
+                         lr=config.lr_for(world), momentum=config.momentum,
                          weight_decay=config.weight_decay)
-    schedule = PlateauSchedule(config.lr_for_workers(), factor=config.lr_factor, patience=config.patience,
+    schedule = PlateauSchedule(config.lr_for(world), factor=config.lr_factor, patience=config.patience,
                                threshold=config.threshold, max_reductions=config.max_reductions,
                                max_epochs=config.epochs)
     loader = TrainLoader(config.data, config.batch_size, rank=rank, world_size=world, seed=config.seed,
@@ -64,6 +71,7 @@ def train_worker(params: dict) -> None:
     generator = torch.Generator(device=devices[0])
     _seed_all(config.seed * 1000 + rank + 1, generator)  # dropout and colour noise differ per rank
 
+    audit = EpochAudit(loader.total_samples)
     epoch, step, epoch_step, history = 0, 0, 0, []
     # loss sum, top-1 correct, count on this rank; on the device so a step never waits for a .item()
     train_totals = torch.zeros(3, dtype=torch.float64, device=devices[0])
@@ -79,15 +87,16 @@ def train_worker(params: dict) -> None:
             print(f"[rank {rank}] the run finished at epoch {epoch} (step {step}): nothing to do")
             return
         if state["world_size"] == world:
-            loader.load_state_dict(state["loader"][rank])
+            loader.load_state_dict(state["loader"][rank])  # (a new deal only if loader_workers changed)
             ckpt.restore_rng(state["rng"][rank], generator)
             train_totals = state["train_totals"][rank].to(devices[0])
-            epoch_step = state["epoch_step"]
-        else:  # a different number of replicas cannot continue mid-epoch: redo the epoch
-            loader.set_epoch(epoch)
-            epoch_step = 0
-            print(f"[rank {rank}] resuming {world} replicas from a {state['world_size']}-replica "
-                  f"checkpoint: epoch {epoch + 1} restarts from its first batch")
+            if "audit" in state:
+                audit.load_state_dict(state["audit"][rank])
+        else:
+            _resize(state, world, rank, loader, audit, schedule, optimizer, generator, config)
+            if rank == 0:  # the old ranks' loss totals join rank 0's, as their audits did
+                train_totals = torch.stack(list(state["train_totals"])).sum(0).to(devices[0])
+        epoch_step = batches_done(loader.deals) + loader.batches
         print(f"[rank {rank}] resumed at epoch {epoch + 1}, step {step}, batch {epoch_step}")
     else:
         loader.set_epoch(0)
@@ -96,12 +105,14 @@ def train_worker(params: dict) -> None:
     logs = _Logs(run_dir, step if resumed is not None else None) if rank == 0 else None
     if logs and resumed is not None:
         logs.add({"kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world,
-                  "skipped": skipped})
-    batches_per_epoch = min(len(loader), config.steps_per_epoch or len(loader))
+                  "from_world_size": state["world_size"], "skipped": skipped})
     pause = _DebugPause(rank)
     decision = "continue"
     while decision != "stop":
         model.train()
+        # a resized epoch ends when its last deal does (or at steps_per_epoch, counted over its deals)
+        batches_per_epoch = min(batches_done(loader.deals) + len(loader), config.steps_per_epoch or 2**62)
+        positions = loader.batch_positions()  # the epoch positions of this deal's batches, for the audit
         started, images_seen, window_start, window_images = time.perf_counter(), 0, time.perf_counter(), 0
         for images, labels in loader:  # a pass never touches the global RNGs (tested)
             images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
@@ -111,6 +122,7 @@ def train_worker(params: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            audit.mark(positions[loader.batches - 1])
             step += 1
             epoch_step += 1
             with torch.no_grad():
@@ -122,7 +134,7 @@ def train_worker(params: dict) -> None:
                 now = time.perf_counter()
                 # epochs are numbered from 1 in every record (the checkpoint's counter is epochs done)
                 record = {"kind": "step", "epoch": epoch + 1, "step": step, "batch": epoch_step,
-                          "batches": batches_per_epoch, "loss": _mean_over_ranks(loss, world),
+                          "batches": batches_per_epoch, "world_size": world, "loss": _mean_over_ranks(loss, world),
                           "lr": optimizer.param_groups[0]["lr"],
                           "images_per_s": window_images / max(now - window_start, 1e-9)}
                 window_start, window_images = now, 0
@@ -133,7 +145,7 @@ def train_worker(params: dict) -> None:
             last_batch = epoch_step >= batches_per_epoch
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last_batch:
                 _save(rank, world, logs, {"kind": "checkpoint", "epoch": epoch, "step": step}, model,
-                      optimizer, schedule, loader, generator, train_totals, config, manifest, stats,
+                      optimizer, schedule, loader, generator, train_totals, audit, config, manifest, stats,
                       history, epoch, step, epoch_step)
             if last_batch:
                 break
@@ -144,6 +156,7 @@ def train_worker(params: dict) -> None:
                                           pin_memory=config.gpus_per_worker > 0),
                         plain, devices[0]), world))
         train = _sum_over_ranks(train_totals.cpu(), world)
+        samples = audit.summary(world)
         decision = schedule.step(val["top1_error"])
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr
@@ -151,28 +164,54 @@ def train_worker(params: dict) -> None:
                   "train_loss": train[0].item() / max(train[2].item(), 1),
                   "train_top1_error": 1 - train[1].item() / max(train[2].item(), 1),
                   "val_loss": val["loss"], "val_top1_error": val["top1_error"],
-                  "val_top5_error": val["top5_error"], "decision": decision,
+                  "val_top5_error": val["top5_error"], **samples, "decision": decision,
                   "seconds": time.perf_counter() - started}
         history.append({k: v for k, v in record.items() if k != "kind"})
         digests = _replica_digests(model, world)
         finished_epoch = epoch
         epoch, epoch_step = epoch + 1, 0
         train_totals.zero_()
+        audit.reset()
         if decision != "stop":
             loader.set_epoch(epoch)
-        _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, config,
-              manifest, stats, history, epoch, step, epoch_step, best=schedule.is_best(finished_epoch))
+        _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit,
+              config, manifest, stats, history, epoch, step, epoch_step, best=schedule.is_best(finished_epoch))
     if logs:
         logs.add({"kind": "end", "step": step, "epochs": epoch, "reason": "schedule" if epoch < config.epochs
                   else "max epochs", "replica_digests": digests})
         logs.close()
 
 
-def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, config,
+def _resize(state: dict, world: int, rank: int, loader: TrainLoader, audit: EpochAudit, schedule: PlateauSchedule,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, config: TrainConfig) -> None:
+    """Continue a checkpoint written by another number of replicas (an elastic run's resize)."""
+    old = state["world_size"]
+    loader.load_state_dict(state["loader"][0])  # mid-epoch: closes the old deal, deals the untrained rest
+    if rank == 0 and "audit" in state:
+        audit.close_ranks(list(state["audit"]))
+    # seeded by (seed, step, rank): two runs resized at the same checkpoints draw the same numbers
+    _seed_all(int(np.random.SeedSequence([config.seed, state["step"], rank]).generate_state(1)[0]), generator)
+    schedule.lr = lr_after_resize(config, world, schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = schedule.lr
+    print(f"[rank {rank}] resized from {old} to {world} replicas at step {state['step']}: epoch "
+          f"{state['epoch'] + 1} goes on with its untrained samples dealt to {world} ranks "
+          f"({len(loader)} batches each), lr {schedule.lr:g}")
+
+
+def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
+    """With `scale_lr` the lr follows the replica count, the schedule's reductions so far kept; else it
+    stays where the schedule left it."""
+    if not config.scale_lr:
+        return schedule.lr
+    return config.lr_for(world) * schedule.factor ** len(schedule.reductions)
+
+
+def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit, config,
           manifest, stats, history, epoch, step, epoch_step, best: bool = False) -> None:
     """Gather every rank's position and RNG, rank 0 writes the file, everyone reports it to Ray Train."""
     mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu(),
-            "name": unused_checkpoint_name(logs.run_dir, step) if rank == 0 else None}
+            "audit": audit.state_dict(), "name": unused_checkpoint_name(logs.run_dir, step) if rank == 0 else None}
     everyone = [None] * world
     if world > 1:
         dist.all_gather_object(everyone, mine)
@@ -186,7 +225,8 @@ def _save(rank, world, logs, record, model, optimizer, schedule, loader, generat
     state = ckpt.build(model=ckpt.cpu_state_dict(model), optimizer=ckpt.optimizer_state_cpu(optimizer),
                        schedule=schedule.state_dict(), epoch=epoch, step=step, epoch_step=epoch_step,
                        loader=[e["loader"] for e in everyone], rng=[e["rng"] for e in everyone],
-                       train_totals=[e["totals"] for e in everyone], config=config.to_dict(),
+                       train_totals=[e["totals"] for e in everyone], audit=[e["audit"] for e in everyone],
+                       config=config.to_dict(),
                        history=list(history), finished=record.get("decision") == "stop",
                        num_classes=manifest["num_classes"],
                        classes=manifest["classes"], stats=stats, world_size=world)
@@ -287,17 +327,20 @@ def _replica_digests(model: torch.nn.Module, world: int) -> list[str]:
 
 class _DebugPause:
     """For failure tests: at step ALEXNET_DEBUG_PAUSE_STEP, rank ALEXNET_DEBUG_PAUSE_RANK (0) writes
-    its pid to ALEXNET_DEBUG_PID_FILE and waits to be killed; only once per file."""
+    its pid to ALEXNET_DEBUG_PID_FILE and waits to be killed; only once per file. Several steps
+    (comma-separated) pause once each, at PID_FILE.STEP."""
 
     def __init__(self, rank: int):
-        self.step = int(os.environ.get("ALEXNET_DEBUG_PAUSE_STEP", "0"))
-        self.path = os.environ.get("ALEXNET_DEBUG_PID_FILE", "")
-        self.active = bool(self.step and self.path) and rank == int(os.environ.get("ALEXNET_DEBUG_PAUSE_RANK", "0"))
+        steps = [int(s) for s in os.environ.get("ALEXNET_DEBUG_PAUSE_STEP", "0").split(",") if s.strip()]
+        path = os.environ.get("ALEXNET_DEBUG_PID_FILE", "")
+        self.files = {s: path if len(steps) == 1 else f"{path}.{s}" for s in steps if s and path}
+        self.active = bool(self.files) and rank == int(os.environ.get("ALEXNET_DEBUG_PAUSE_RANK", "0"))
 
     def maybe(self, step: int) -> None:
-        if not self.active or step != self.step or os.path.exists(self.path):
+        path = self.files.get(step) if self.active else None
+        if path is None or os.path.exists(path):
             return
-        with open(self.path + ".tmp", "w") as f:
+        with open(path + ".tmp", "w") as f:
             f.write(str(os.getpid()))
-        os.replace(self.path + ".tmp", self.path)
+        os.replace(path + ".tmp", path)
         time.sleep(float(os.environ.get("ALEXNET_DEBUG_PAUSE_SECONDS", "120")))
