@@ -1,40 +1,54 @@
 """Sharding speed and memory on the shared real images (ImageNet's own size mix), as ratios measured in
-one run. Run by hand on an otherwise idle machine:
+one run. Run by hand (the machine as quiet as you can get it; CPU time is what is compared):
 
-    python benchmarks/bench_shard.py [--seconds 5] [--copies 4]
+    python benchmarks/bench_shard.py [--images 20000] [--rounds 2] [--only command]
 
-1. Per-core images/s (one process, images already in memory) of
+1. per-image: images/s on one core (one process, images already in memory) of
    - ours:        pipeline.images.process_image (DCT-domain downscale, crop-then-resample, libjpeg-turbo encode)
-   - naive:       Pillow open, convert RGB, resize shorter side to 256, centre crop, save JPEG
+   - careful:     Pillow with draft() (DCT-domain downscale), resize shorter side to 256, centre crop, save
+   - naive:       the same without draft()
    - decode-only: simplejpeg (libjpeg-turbo) full-resolution decode, the floor any path pays
-   Targets: ours >= 1.6x naive, ours >= 0.6x decode-only.
-2. The whole `alexnet shard` job (local Ray, workers warmed up) on 1 and on 2 CPUs. Target: >= 1.7x.
-3. Peak memory (RSS of the driver and every Ray process, sampled) for 1x and Nx the images: it must not
-   grow with the number of images.
+2. command: the whole `alexnet shard SRC OUT --split train` command (its own local Ray: start, scan,
+   tasks, index, stats.json, manifest, shutdown) against a careful user's one-process script (`careful`
+   above, written with webdataset's ShardWriter, 1000 samples a shard), both on `--images` inputs (the
+   shared images hard-linked many times), in interleaved rounds. Compared per CPU-second of every
+   process each one ran: each runs in a cgroup of its own (root needed), whose CPU counter holds the
+   whole process tree, Ray's GCS, raylet, agents and workers included, whoever reaps them.
+   Target: ours >= 1.3x careful.
+3. scaling: the job (local Ray, workers warmed, shard size 64) on 1 and on 2 CPUs, and peak memory (RSS
+   of the driver and every Ray process, sampled) for 1x and 4x the images: it must not grow with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import math
 import multiprocessing
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 IMAGES = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenet-sample"
 
 
-def naive_pillow(data: bytes, size: int = 256, quality: int = 95) -> bytes:
+def naive_pillow(data: bytes, size: int = 256, quality: int = 95, draft: bool = False) -> bytes:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
+        if draft:  # let libjpeg downscale by 1/2, 1/4 or 1/8 while decoding, keeping the shorter side >= size
+            scale = size / min(img.size)
+            img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         rgb = img.convert("RGB")
     scale = size / min(rgb.size)
     w, h = max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale))
@@ -43,6 +57,10 @@ def naive_pillow(data: bytes, size: int = 256, quality: int = 95) -> bytes:
     out = io.BytesIO()
     rgb.crop((left, top, left + size, top + size)).save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+def careful_pillow(data: bytes) -> bytes:
+    return naive_pillow(data, draft=True)
 
 
 def decode_only(data: bytes):
@@ -81,13 +99,175 @@ def rates(functions: dict, blobs: list[bytes], seconds: float) -> dict[str, floa
 
 
 def make_tree(root: Path, copies: int) -> Path:
-    """train/<synset>/<synset>_<k>.JPEG: `copies` byte-identical copies of every shared image."""
+    """train/<synset>/<synset>_<k>.JPEG: `copies` links to (or copies of) every shared image."""
     for image in sorted(IMAGES.glob("*.JPEG")):
         synset = image.name.split("_", 1)[0]
         (root / synset).mkdir(parents=True, exist_ok=True)
         for k in range(copies):
-            shutil.copyfile(image, root / synset / f"{synset}_{k}.JPEG")
+            target = root / synset / f"{image.stem}_{k}.JPEG"
+            try:
+                os.link(image, target)
+            except OSError:  # another file system: a copy reads the same
+                shutil.copyfile(image, target)
     return root
+
+
+def careful_script(src: str, out: str, limit: str | None = None) -> None:
+    """What a careful user writes: one process, Pillow with draft(), webdataset's ShardWriter."""
+    import webdataset as wds
+
+    synsets = sorted(p.name for p in Path(src).iterdir() if p.is_dir())
+    inputs = [(label, path) for label, synset in enumerate(synsets)
+              for path in sorted(Path(src, synset).glob("*.JPEG"))]
+    with wds.ShardWriter(os.path.join(out, "train-%06d.tar"), maxcount=1000, verbose=0) as sink:
+        for label, path in inputs[:int(limit)] if limit else inputs:
+            sink.write({"__key__": path.stem, "jpg": careful_pillow(path.read_bytes()), "cls": label})
+
+
+class CpuCgroup:
+    """A fresh cgroup that this process (and so everything it starts) runs in: its CPU counter holds every
+    process of a command's tree, daemons and processes reaped by others (Ray's raylet ignores SIGCHLD, so
+    its workers' time never reaches any getrusage) included. Needs root and a writable cgroup mount."""
+
+    def __init__(self) -> None:
+        for root, counter, scale in (("/sys/fs/cgroup", "cpu.stat", 1e-6), ("/sys/fs/cgroup/unified", "cpu.stat", 1e-6),
+                                     ("/sys/fs/cgroup/cpuacct", "cpuacct.usage", 1e-9)):
+            if os.path.exists(os.path.join(root, "cgroup.procs")) and os.access(root, os.W_OK):
+                self.parent, self.counter, self.scale = root, counter, scale
+                break
+        else:
+            raise SystemExit("the whole-command comparison needs a writable cgroup mount (run as root)")
+        self.path = os.path.join(self.parent, f"bench-shard-{os.getpid()}")
+
+    def __enter__(self) -> CpuCgroup:
+        os.mkdir(self.path)
+        Path(self.path, "cgroup.procs").write_text(str(os.getpid()))
+        return self
+
+    def seconds(self) -> float:
+        text = Path(self.path, self.counter).read_text()
+        return float(text.split()[1] if self.counter == "cpu.stat" else text) * self.scale  # usage_usec / ns
+
+    def others(self) -> list[int]:
+        return [int(pid) for pid in Path(self.path, "cgroup.procs").read_text().split() if int(pid) != os.getpid()]
+
+    def __exit__(self, *exc) -> None:
+        Path(self.parent, "cgroup.procs").write_text(str(os.getpid()))
+        os.rmdir(self.path)
+
+
+def meter(command: list[str]) -> None:
+    """Run `command` in its own cgroup; print one JSON line: CPU seconds of all its processes, wall time,
+    and a sampled per-process breakdown (approximate: each process's last sample before it exits)."""
+    import psutil
+
+    seen: dict[int, tuple[str, float]] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for pid in group.others():
+                try:
+                    proc = psutil.Process(pid)
+                    with proc.oneshot():
+                        times = proc.cpu_times()
+                        seen[pid] = (_role(proc), times.user + times.system)
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+
+    with CpuCgroup() as group, tempfile.TemporaryFile() as log:
+        sampler = threading.Thread(target=sample, daemon=True)
+        start, cpu, own = time.perf_counter(), group.seconds(), time.process_time()
+        sampler.start()
+        code = subprocess.run(command, stdout=log, stderr=log).returncode
+        deadline = time.monotonic() + 60
+        while group.others() and time.monotonic() < deadline:  # what the command left exiting
+            time.sleep(0.1)
+        stop.set()
+        sampler.join()
+        wall = time.perf_counter() - start
+        cpu = group.seconds() - cpu - (time.process_time() - own)  # less this process's own sampling
+        lingering = group.others()
+        if code:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
+            raise SystemExit(f"{command} exited with {code}")
+    if lingering:
+        raise SystemExit(f"{command}: processes {lingering} still running a minute after it exited")
+    by_role: dict[str, list] = {}
+    for role, seconds in seen.values():
+        totals = by_role.setdefault(role, [0.0, 0])
+        totals[0] += seconds
+        totals[1] += 1
+    print(json.dumps({"cpu": cpu, "wall": wall, "by_role": by_role}))
+
+
+def _role(proc) -> str:
+    """A process's part in the job: Ray workers together, other Python processes by their script."""
+    name = proc.name()
+    if name.startswith("ray::"):
+        return "ray workers"
+    if name.startswith("python") or name == "alexnet":
+        script = next((Path(arg) for arg in proc.cmdline()[1:] if arg.endswith(".py") or arg.endswith("alexnet")),
+                      Path(name))
+        if script.name == "default_worker.py":
+            return "ray workers"
+        return "driver (alexnet)" if script.name == "alexnet" else f"{script.parent.name}/{script.name}"
+    return name
+
+
+def metered(command: list[str], env: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--meter", "--", *command], capture_output=True, text=True,
+                            env=env, cwd=ROOT)
+    if result.returncode:
+        raise SystemExit(f"metered run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def command_vs_careful(images: int, rounds: int) -> None:
+    """Part 2: the whole command against the careful-user script, per CPU-second of all processes; each
+    also on 8 images, which splits its CPU into a fixed part (interpreter, imports, Ray's processes) and
+    a part per image."""
+    copies = max(1, round(images / len(list(IMAGES.glob("*.JPEG")))))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    alexnet = str(Path(sys.executable).parent / "alexnet")
+    few = 8
+    with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
+        src = make_tree(Path(tmp) / "train", copies)
+        count = sum(1 for _ in src.glob("*/*.JPEG"))
+        print(f"whole command vs careful script, {count} images, {rounds} interleaved rounds, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        results: dict[str, list[dict]] = {"careful": [], "ours": [], "careful, 8 images": [], "ours, 8 images": []}
+        for _ in range(rounds):
+            for name in results:
+                out = Path(tmp) / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                limit = [str(few)] if name.endswith("images") else []
+                if name.startswith("careful"):
+                    command = [sys.executable, __file__, "--careful-script", str(src), str(out), *limit]
+                else:  # "local": a private Ray instance, even when another one runs on this machine
+                    command = [alexnet, "shard", str(src), str(out), "--split", "train", "--address", "local",
+                               *(["--limit", *limit] if limit else [])]
+                results[name].append(metered(command, env))
+        shutil.rmtree(Path(tmp) / "out", ignore_errors=True)
+    cpu = {name: median(r["cpu"] for r in runs) for name, runs in results.items()}
+    for name in ("careful", "ours"):
+        wall = median(r["wall"] for r in results[name])
+        fixed, per_image = cpu[f"{name}, 8 images"], (cpu[name] - cpu[f"{name}, 8 images"]) / (count - few)
+        print(f"  {name:8s} {count / cpu[name]:6.0f} images per CPU-s ({cpu[name]:.1f} CPU-s, wall {wall:.1f} s): "
+              f"fixed {fixed:.1f} CPU-s + {per_image * 1e3:.2f} ms per image")
+    ratios = [c["cpu"] / o["cpu"] for c, o in zip(results["careful"], results["ours"])]
+    print(f"  ours / careful = {median(ratios):.2f}x per CPU-second (rounds: {', '.join(f'{r:.2f}' for r in ratios)};"
+          " target >= 1.3)")
+    marginal = (cpu["careful"] - cpu["careful, 8 images"]) / (cpu["ours"] - cpu["ours, 8 images"])
+    print(f"  per image beyond the fixed parts: ours / careful = {marginal:.2f}x")
+    last = results["ours"][-1]["by_role"]
+    print("  where ours spends its CPU (last round, sampled per process): " +
+          ", ".join(f"{role} {cpu:.1f} s" + (f" ({n} processes)" if n > 1 else "")
+                    for role, (cpu, n) in sorted(last.items(), key=lambda kv: -kv[1][0])))
 
 
 def job_run(src: str, out: str, cpus: int, queue) -> None:
@@ -151,33 +331,51 @@ def run_job(src: Path, cpus: int) -> tuple[float, int, int]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="time per per-image measurement")
-    parser.add_argument("--copies", type=int, default=4, help="copies of the images for the job runs")
-    args = parser.parse_args()
-    blobs = [p.read_bytes() for p in sorted(IMAGES.glob("*.JPEG"))]
-    print(f"{len(blobs)} shared images, {sum(map(len, blobs)) / 1e6:.0f} MB; cpus here: {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-
-    measured = rates({"ours": ours, "naive": naive_pillow, "decode": decode_only}, blobs, args.seconds)
-    r_ours, r_naive, r_decode = measured["ours"], measured["naive"], measured["decode"]
-    print(f"per core: ours {r_ours:.0f} images/s, naive Pillow {r_naive:.0f}/s, decode-only {r_decode:.0f}/s")
-    print(f"  ours / naive       = {r_ours / r_naive:.2f}x   (target >= 1.6)")
-    print(f"  ours / decode-only = {r_ours / r_decode:.2f}    (target >= 0.6)")
-
+def scaling(n_images: int, copies: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
         small = make_tree(Path(tmp) / "x1", 1)
-        large = make_tree(Path(tmp) / f"x{args.copies}", args.copies)
-        n_large = len(blobs) * args.copies
+        large = make_tree(Path(tmp) / f"x{copies}", copies)
+        n_large = n_images * copies
         t1, _, _ = run_job(large, 1)
         t2, base2, peak2 = run_job(large, 2)
         print(f"whole job, {n_large} images: 1 CPU {n_large / t1:.0f} images/s, 2 CPUs {n_large / t2:.0f} images/s"
               f" -> {t1 / t2:.2f}x  (target >= 1.7)")
         _, base1x, peak1x = run_job(small, 2)
-        print(f"peak RSS (driver + Ray processes, 2 CPUs): {len(blobs)} images {peak1x / 2**20:.0f} MiB "
+        print(f"peak RSS (driver + Ray processes, 2 CPUs): {n_images} images {peak1x / 2**20:.0f} MiB "
               f"(idle {base1x / 2**20:.0f}), {n_large} images {peak2 / 2**20:.0f} MiB (idle {base2 / 2**20:.0f}) "
-              f"-> growth above idle {((peak2 - base2) / max(peak1x - base1x, 1)):.2f}x for {args.copies}x the images")
+              f"-> growth above idle {((peak2 - base2) / max(peak1x - base1x, 1)):.2f}x for {copies}x the images")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--meter"]:
+        meter(sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["--careful-script"]:
+        careful_script(*sys.argv[2:5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("per-image", "command", "scaling"), help="run one part")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time per per-image measurement")
+    parser.add_argument("--images", type=int, default=20000, help="inputs for the whole-command comparison")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the whole-command comparison")
+    parser.add_argument("--copies", type=int, default=4, help="copies of the images for the scaling runs")
+    args = parser.parse_args()
+    blobs = [p.read_bytes() for p in sorted(IMAGES.glob("*.JPEG"))]
+    print(f"{len(blobs)} shared images, {sum(map(len, blobs)) / 1e6:.0f} MB; cpus here: {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if args.only in (None, "per-image"):
+        measured = rates({"ours": ours, "careful": careful_pillow, "naive": naive_pillow, "decode": decode_only},
+                         blobs, args.seconds)
+        r_ours, r_decode = measured["ours"], measured["decode"]
+        print(f"per core: ours {r_ours:.0f} images/s, careful Pillow (draft) {measured['careful']:.0f}/s, "
+              f"naive Pillow {measured['naive']:.0f}/s, decode-only {r_decode:.0f}/s")
+        print(f"  ours / careful     = {r_ours / measured['careful']:.2f}x")
+        print(f"  ours / naive       = {r_ours / measured['naive']:.2f}x   (target >= 1.6)")
+        print(f"  ours / decode-only = {r_ours / r_decode:.2f}    (target >= 0.6)")
+    if args.only in (None, "command"):
+        command_vs_careful(args.images, args.rounds)
+    if args.only in (None, "scaling"):
+        scaling(len(blobs), args.copies)
 
 
 if __name__ == "__main__":
