@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -152,8 +153,22 @@ class CpuCgroup:
         return [int(pid) for pid in Path(self.path, "cgroup.procs").read_text().split() if int(pid) != os.getpid()]
 
     def __exit__(self, *exc) -> None:
+        """Leave the cgroup and remove it, once what the command started has exited (killed, by pid, after
+        a minute: only processes this benchmark started can be in it)."""
         Path(self.parent, "cgroup.procs").write_text(str(os.getpid()))
-        os.rmdir(self.path)
+        deadline = time.monotonic() + 60
+        while self.others() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in self.others():
+            os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:  # busy until the killed processes are gone
+                if time.monotonic() > deadline + 10:
+                    raise
+                time.sleep(0.1)
 
 
 def meter(command: list[str]) -> None:
@@ -218,11 +233,14 @@ def _role(proc) -> str:
 
 
 def metered(command: list[str], env: dict) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--meter", "--", *command], capture_output=True, text=True,
-                            env=env, cwd=ROOT)
-    if result.returncode:
-        raise SystemExit(f"metered run failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """`meter` in a fresh process; one retry (on a loaded machine Ray's start can time out)."""
+    for attempt in (1, 2):
+        result = subprocess.run([sys.executable, __file__, "--meter", "--", *command], capture_output=True,
+                                text=True, env=env, cwd=ROOT)
+        if result.returncode == 0:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        print(f"  (a run failed{', retrying' if attempt == 1 else ''}: {result.stderr.strip().splitlines()[-1]})")
+    raise SystemExit(f"metered run failed:\n{result.stderr[-3000:]}")
 
 
 def command_vs_careful(images: int, rounds: int) -> None:
