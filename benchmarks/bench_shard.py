@@ -12,9 +12,10 @@ one run. Run by hand (the machine as quiet as you can get it; CPU time is what i
    tasks, index, stats.json, manifest, shutdown) against a careful user's one-process script (`careful`
    above, written with webdataset's ShardWriter, 1000 samples a shard), both on `--images` inputs (the
    shared images hard-linked many times), in interleaved rounds. Compared per CPU-second of every
-   process each one ran: each runs in a cgroup of its own (root needed), whose CPU counter holds the
-   whole process tree, Ray's GCS, raylet, agents and workers included, whoever reaps them.
-   Target: ours >= 1.3x careful.
+   process each one ran: each runs in a cgroup of its own (root needed; benchmarks/cpu_meter.py), whose
+   CPU counter holds the whole process tree, Ray's GCS, raylet, agents and workers included, whoever
+   reaps them. Runs on 8 images split each side into a fixed part and a part per image (meaningful
+   when --images is large). Target: ours >= 1.3x careful.
 3. scaling: the job (local Ray, workers warmed, shard size 64) on 1 and on 2 CPUs, and peak memory (RSS
    of the driver and every Ray process, sampled) for 1x and 4x the images: it must not grow with them.
 """
@@ -23,20 +24,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import multiprocessing
 import os
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from statistics import median
+
+from cpu_meter import metered
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -123,124 +122,6 @@ def careful_script(src: str, out: str, limit: str | None = None) -> None:
     with wds.ShardWriter(os.path.join(out, "train-%06d.tar"), maxcount=1000, verbose=0) as sink:
         for label, path in inputs[:int(limit)] if limit else inputs:
             sink.write({"__key__": path.stem, "jpg": careful_pillow(path.read_bytes()), "cls": label})
-
-
-class CpuCgroup:
-    """A fresh cgroup that this process (and so everything it starts) runs in: its CPU counter holds every
-    process of a command's tree, daemons and processes reaped by others (Ray's raylet ignores SIGCHLD, so
-    its workers' time never reaches any getrusage) included. Needs root and a writable cgroup mount."""
-
-    def __init__(self) -> None:
-        for root, counter, scale in (("/sys/fs/cgroup", "cpu.stat", 1e-6), ("/sys/fs/cgroup/unified", "cpu.stat", 1e-6),
-                                     ("/sys/fs/cgroup/cpuacct", "cpuacct.usage", 1e-9)):
-            if os.path.exists(os.path.join(root, "cgroup.procs")) and os.access(root, os.W_OK):
-                self.parent, self.counter, self.scale = root, counter, scale
-                break
-        else:
-            raise SystemExit("the whole-command comparison needs a writable cgroup mount (run as root)")
-        self.path = os.path.join(self.parent, f"bench-shard-{os.getpid()}")
-
-    def __enter__(self) -> CpuCgroup:
-        os.mkdir(self.path)
-        Path(self.path, "cgroup.procs").write_text(str(os.getpid()))
-        return self
-
-    def seconds(self) -> float:
-        text = Path(self.path, self.counter).read_text()
-        return float(text.split()[1] if self.counter == "cpu.stat" else text) * self.scale  # usage_usec / ns
-
-    def others(self) -> list[int]:
-        return [int(pid) for pid in Path(self.path, "cgroup.procs").read_text().split() if int(pid) != os.getpid()]
-
-    def __exit__(self, *exc) -> None:
-        """Leave the cgroup and remove it, once what the command started has exited (killed, by pid, after
-        a minute: only processes this benchmark started can be in it)."""
-        Path(self.parent, "cgroup.procs").write_text(str(os.getpid()))
-        deadline = time.monotonic() + 60
-        while self.others() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in self.others():
-            os.kill(pid, signal.SIGKILL)
-        while True:
-            try:
-                os.rmdir(self.path)
-                return
-            except OSError:  # busy until the killed processes are gone
-                if time.monotonic() > deadline + 10:
-                    raise
-                time.sleep(0.1)
-
-
-def meter(command: list[str]) -> None:
-    """Run `command` in its own cgroup; print one JSON line: CPU seconds of all its processes, wall time,
-    and a sampled per-process breakdown (approximate: each process's last sample before it exits)."""
-    import psutil
-
-    seen: dict[int, tuple[str, float]] = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            for pid in group.others():
-                try:
-                    proc = psutil.Process(pid)
-                    with proc.oneshot():
-                        times = proc.cpu_times()
-                        seen[pid] = (_role(proc), times.user + times.system)
-                except psutil.Error:
-                    pass
-            time.sleep(0.2)
-
-    with CpuCgroup() as group, tempfile.TemporaryFile() as log:
-        sampler = threading.Thread(target=sample, daemon=True)
-        start, cpu, own = time.perf_counter(), group.seconds(), time.process_time()
-        sampler.start()
-        code = subprocess.run(command, stdout=log, stderr=log).returncode
-        deadline = time.monotonic() + 60
-        while group.others() and time.monotonic() < deadline:  # what the command left exiting
-            time.sleep(0.1)
-        stop.set()
-        sampler.join()
-        wall = time.perf_counter() - start
-        cpu = group.seconds() - cpu - (time.process_time() - own)  # less this process's own sampling
-        lingering = group.others()
-        if code:
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
-            raise SystemExit(f"{command} exited with {code}")
-    if lingering:
-        raise SystemExit(f"{command}: processes {lingering} still running a minute after it exited")
-    by_role: dict[str, list] = {}
-    for role, seconds in seen.values():
-        totals = by_role.setdefault(role, [0.0, 0])
-        totals[0] += seconds
-        totals[1] += 1
-    print(json.dumps({"cpu": cpu, "wall": wall, "by_role": by_role}))
-
-
-def _role(proc) -> str:
-    """A process's part in the job: Ray workers together, other Python processes by their script."""
-    name = proc.name()
-    if name.startswith("ray::"):
-        return "ray workers"
-    if name.startswith("python") or name == "alexnet":
-        script = next((Path(arg) for arg in proc.cmdline()[1:] if arg.endswith(".py") or arg.endswith("alexnet")),
-                      Path(name))
-        if script.name == "default_worker.py":
-            return "ray workers"
-        return "driver (alexnet)" if script.name == "alexnet" else f"{script.parent.name}/{script.name}"
-    return name
-
-
-def metered(command: list[str], env: dict) -> dict:
-    """`meter` in a fresh process; one retry (on a loaded machine Ray's start can time out)."""
-    for attempt in (1, 2):
-        result = subprocess.run([sys.executable, __file__, "--meter", "--", *command], capture_output=True,
-                                text=True, env=env, cwd=ROOT)
-        if result.returncode == 0:
-            return json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"  (a run failed{', retrying' if attempt == 1 else ''}: {result.stderr.strip().splitlines()[-1]})")
-    raise SystemExit(f"metered run failed:\n{result.stderr[-3000:]}")
 
 
 def command_vs_careful(images: int, rounds: int) -> None:
@@ -365,9 +246,6 @@ def scaling(n_images: int, copies: int) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--meter"]:
-        meter(sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:])
-        return
     if sys.argv[1:2] == ["--careful-script"]:
         careful_script(*sys.argv[2:5])
         return
