@@ -128,6 +128,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int, chroma: str = "420") -> bytes:
                                   colorsubsampling=chroma)
 
 
-def decode_stored(data: bytes) -> np.ndarray:
-    """Decode a stored sample to HWC uint8 RGB the way a loader will (libjpeg-turbo, accurate DCT)."""
-    return simplejpeg.decode_jpeg(data, "RGB")
+def decode_stored(data: bytes, buffer: np.ndarray | None = None) -> np.ndarray:
+    """Decode a stored sample to HWC uint8 RGB the way a loader will (libjpeg-turbo, accurate DCT), into
+    `buffer` (uint8, large enough) when given: a shard task reuses one instead of faulting in fresh pages."""
+    return simplejpeg.decode_jpeg(data, "RGB", buffer=buffer)

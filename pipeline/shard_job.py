@@ -164,7 +164,9 @@ def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: di
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="WARNING", configure_logging=True)
+        # No dashboard for an instance started here: it lives as long as this command, and its processes
+        # cost more CPU than the driver does (benchmarks/bench_shard.py). Ignored when connecting to a cluster.
+        ray.init(address=address, logging_level="WARNING", configure_logging=True, include_dashboard=False)
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(write_shard)
     records: list[dict | None] = [None] * len(plan)

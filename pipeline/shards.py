@@ -16,16 +16,17 @@ import json
 import os
 import random
 import re
-import tarfile
 import tempfile
 
 import crc32c
+import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.images import BadImage, decode_stored, process_image
 from pipeline.sources import Input, read_source
-from pipeline.stats import add_moments, empty_moments, image_moments
+from pipeline.shard_tar import ShardTarWriter
+from pipeline.stats import PixelMoments, empty_moments
 
 # 2: the index holds a CRC32C of every stored image (`crc32c`); the manifest no longer has `created`
 FORMAT_VERSION = 2
@@ -63,12 +64,14 @@ def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Inpu
     existing = _valid_record(out, split, name)
     if existing is not None:
         return existing
-    rows, skipped, moments = [], [], empty_moments()
+    rows, skipped, moments = [], [], PixelMoments()
+    stored = np.empty(size * size * 3, dtype=np.uint8)  # each stored image is decoded here for the statistics
     folder = None if storage.is_url(out) else os.path.abspath(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; a dataset is for every user of the machine
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with os.fdopen(fd, "wb") as raw:
+            tar = ShardTarWriter(raw)
             for item, label in samples:
                 try:
                     jpeg, width, height = process_image(read_source(item.source), size, quality, chroma)
@@ -77,15 +80,16 @@ def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Inpu
                     continue
                 meta = {"synset": item.synset, "source": item.path, "width": width, "height": height,
                         "split": split}
-                _add_member(tar, f"{item.key}.jpg", jpeg)
-                _add_member(tar, f"{item.key}.cls", str(label).encode())
-                _add_member(tar, f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
+                tar.add(f"{item.key}.jpg", jpeg)
+                tar.add(f"{item.key}.cls", str(label).encode())
+                tar.add(f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
                 rows.append([item.key, label, item.synset, name, len(rows), item.path, width, height, len(jpeg),
                              image_checksum(jpeg)])
                 if with_stats:
-                    moments = add_moments(moments, image_moments(decode_stored(jpeg)))
-        record = {"name": name, "samples": len(rows), "bytes": os.path.getsize(tmp), "sha256": _sha256_file(tmp),
-                  "rows": rows, "skipped": skipped, "moments": moments}
+                    moments.add(decode_stored(jpeg, stored))
+            tar.close()
+        record = {"name": name, "samples": len(rows), "bytes": tar.offset, "sha256": tar.sha256,
+                  "rows": rows, "skipped": skipped, "moments": moments.record() if with_stats else empty_moments()}
         storage.upload_file_atomic(tmp, location)
     finally:
         if os.path.exists(tmp):
@@ -108,22 +112,6 @@ def stale_temporaries(dataset: str, split: str | None = None) -> list[str]:
     own = re.compile(rf"^\.?({re.escape(split)}-\d+\.tar|{re.escape(split)}\.(manifest\.json|index\.parquet)"
                      rf"{'|stats[.]json' if split == 'train' else ''})\..+\.tmp$")
     return [n for n in names if own.match(n)]
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_of(location: str) -> str:

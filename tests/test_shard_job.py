@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -20,7 +21,8 @@ from PIL import Image
 from conftest import alexnet_cmd, run_cli
 from imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
 from pipeline.shards import read_manifest
-from pipeline.stats import add_moments, empty_moments, image_moments, read_stats, stats_from_moments
+from pipeline.shard_tar import ShardTarWriter
+from pipeline.stats import PixelMoments, add_moments, empty_moments, image_moments, read_stats, stats_from_moments
 
 
 def _read_shard(path: Path) -> list[tuple[str, bytes, int, dict]]:
@@ -134,6 +136,52 @@ def test_stats_are_population_moments_of_few_pixels():
     np.testing.assert_allclose(stats["std_rgb"], x.std(axis=0), rtol=1e-9)
     assert not np.allclose(stats["covariance_rgb"], sample, rtol=1e-3, atol=0)
     np.testing.assert_allclose(stats["eigenvalues"], np.linalg.eigvalsh(population)[::-1], rtol=1e-9)
+
+
+def test_pixel_moments_are_exact_integers():
+    """The shard tasks' moments equal int64 sums exactly (not to a tolerance): on stored images of real
+    photographs, on several images summed in one accumulator, and at the extremes, where a float32 or a
+    rounded accumulation would be off (all-255 pixels; a 2-megapixel image of noise)."""
+    from pipeline.images import decode_stored, process_image
+
+    def exact(rgb: np.ndarray) -> dict:
+        x = rgb.reshape(-1, 3).astype(np.int64)
+        return {"sum": x.sum(axis=0).tolist(), "outer": (x.T @ x).tolist(), "count": len(x)}
+
+    stored = [decode_stored(process_image(path.read_bytes())[0]) for path in sample_files()[:6]]
+    running, expected = PixelMoments(), empty_moments()
+    for rgb in stored:
+        assert image_moments(rgb) == exact(rgb)
+        running.add(rgb)
+        expected = add_moments(expected, exact(rgb))
+    assert running.record() == expected
+    extremes = [np.full((256, 256, 3), 255, np.uint8),
+                np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)]
+    for rgb in extremes:
+        assert image_moments(rgb) == exact(rgb)
+
+
+def test_shard_tar_writer_writes_what_tarfile_writes():
+    """Shards are written without tarfile's header code; byte for byte the same as tarfile's PAX output
+    (so a shard's sha256 does not depend on the writer), names too long or not ASCII included."""
+    jpeg = sample_files()[0].read_bytes()
+    members = [("n01440764_10026.jpg", jpeg), ("n01440764_10026.cls", b"0"), ("n01440764_10026.json", b"{}"),
+               ("x" * 96 + ".jpg", b"y" * 512), ("x" * 97 + ".json", b""), ("caf\u00e9_1.jpg", jpeg[:1000])]
+    for count in (0, 1, len(members)):
+        expected = io.BytesIO()
+        with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in members[:count]:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = \
+                    len(data), 0, 0o644, 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(data))
+        written = io.BytesIO()
+        writer = ShardTarWriter(written)
+        for name, data in members[:count]:
+            writer.add(name, data)
+        writer.close()
+        assert written.getvalue() == expected.getvalue()
+        assert writer.sha256 == hashlib.sha256(expected.getvalue()).hexdigest()
 
 
 @pytest.mark.slow
