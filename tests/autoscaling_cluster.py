@@ -120,14 +120,6 @@ class AutoscalingCluster:
             time.sleep(0.5)
         raise TimeoutError(f"the autoscaler did not start {count} worker nodes in {timeout} s")
 
-    def wait_for_rest(self, timeout: float = 120) -> None:
-        """Until the autoscaler has removed every idle worker node (after `idle_timeout_minutes`)."""
-        deadline = time.time() + timeout
-        while self.worker_raylets():
-            if time.time() > deadline:
-                raise TimeoutError(f"worker nodes still up {timeout} s after the last work")
-            time.sleep(0.5)
-
     def stop(self) -> None:
         # the head's processes carry temp_dir, the worker nodes' raylets the GCS port; their children go too
         stop_ray_processes(self.temp_dir, self.port)

@@ -231,8 +231,8 @@ def small_dataset(ray_head, sample_images, tmp_path_factory) -> str:
     return str(out)
 
 
-# --- The tiny training run (trainer): one uninterrupted reference run per session, which the worker-kill,
-# driver-kill, lost-node and damaged-checkpoint tests compare their final weights with, bitwise. ---
+# --- The tiny training run (trainer): one uninterrupted reference run per session, which the
+# driver-kill and lost-node tests (each also past a damaged checkpoint) compare their final weights with, bitwise. ---
 
 # 120 training samples, batch 8 on each of 2 replicas: 7 steps per epoch; checkpoints at steps 4, 7
 # (epoch end), 8, 12, 14 (end); step 10 is mid-epoch 1, two steps after the checkpoint at step 8.

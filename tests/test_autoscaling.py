@@ -19,12 +19,16 @@ import pytest
 from autoscaling_cluster import AutoscalingCluster
 from conftest import alexnet_cmd, run_cli, train_args
 from pipeline import storage
-from test_train import KILL_STEP, assert_bitwise_equal, checkpoint_names, records
+from test_train import assert_bitwise_equal, checkpoint_names, records
 
 pytestmark = pytest.mark.slow
 
 # two replicas need two 1-CPU nodes; the third lets the autoscaler replace a lost node at once
 WORKER_TYPES = {"cpu1": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 3}}
+
+
+# The lost node's run pauses rank 1 after step 13: checkpoints 8 (mid-epoch 2, its batch 1) and 12 are kept.
+LOST_STEP = 13
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +39,10 @@ def pid_file(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def cluster(s3_server, pid_file):
     """Every process on the cluster carries the failure-test hook (a job's environment is the cluster's):
-    the first run to reach step KILL_STEP pauses its rank 1 there, once, and writes that worker's pid.
-    Idle nodes go after 15 s, so a test can wait for the cluster to come back to rest."""
-    hook = {"ALEXNET_DEBUG_PAUSE_STEP": str(KILL_STEP), "ALEXNET_DEBUG_PAUSE_RANK": "1",
+    the first run to reach step LOST_STEP pauses its rank 1 there, once, and writes that worker's pid."""
+    hook = {"ALEXNET_DEBUG_PAUSE_STEP": str(LOST_STEP), "ALEXNET_DEBUG_PAUSE_RANK": "1",
             "ALEXNET_DEBUG_PID_FILE": pid_file}
-    started = AutoscalingCluster(WORKER_TYPES, env={**s3_server, **hook}, idle_timeout_minutes=0.25).start()
+    started = AutoscalingCluster(WORKER_TYPES, env={**s3_server, **hook}).start()
     yield started
     started.stop()
 
@@ -59,23 +62,16 @@ def _succeeded(follower: subprocess.Popen, timeout: float = 400) -> str:
 
 def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
         cluster, pid_file, reference, small_dataset, tiny_config, s3_bucket):
-    """Shard, train (2 workers) and eval as jobs, as users run them on the clusters in cluster/: each is
-    `alexnet submit` to the jobs API of a head without CPUs, dataset and runs on S3. Mid-run the node holding
-    rank 1 disappears, as a spot node does, and the latest checkpoint's upload was cut off: the restarted
-    workers fall back to the one before and redo the steps since. Shards and weights equal the local ones'."""
+    """Train (2 workers), shard and eval as jobs, as users run them on the clusters in cluster/: each is
+    `alexnet submit` to the jobs API of a head without CPUs, dataset and runs on S3. Mid-epoch the node
+    holding rank 1 disappears, as a spot node does, and the latest checkpoint's upload was cut off: the
+    restarted workers fall back to the one before (mid-epoch) and redo the steps since, to the bit."""
     assert cluster.worker_raylets() == []  # at rest: no worker node
     data, runs = f"s3://{s3_bucket}/imagenet", f"s3://{s3_bucket}/runs"
     local = Path(small_dataset)
-    log = _succeeded(_submit(cluster, "shard", str(local.parent / "train"), data, "--split", "train",
-                             "--shard-size", "16"))
-    assert "train: 120 samples written in 8 shards" in log, log[-3000:]
     for name in sorted(os.listdir(local)):
-        if name.startswith("train") or name == "stats.json":  # the same inputs gave the same bytes
-            assert storage.read_bytes(f"{data}/{name}") == (local / name).read_bytes(), name
-        else:  # the validation split goes up as it is
-            storage.write_bytes_atomic(f"{data}/{name}", (local / name).read_bytes())
+        storage.write_bytes_atomic(f"{data}/{name}", (local / name).read_bytes())
 
-    cluster.wait_for_rest()  # the shard job's nodes went idle and the autoscaler removed them
     follower = _submit(cluster, *train_args(data, "spot", runs, tiny_config, cluster.address)[:-2])
     deadline = time.time() + 300
     while not os.path.exists(pid_file):
@@ -86,7 +82,8 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     assert len(raylets) >= 2  # the autoscaler launched the nodes the run asked for
     node = next(r for r in raylets if worker.pid in {c.pid for c in r.children(recursive=True)})
     run_dir = f"{runs}/spot"
-    latest = f"{run_dir}/checkpoint-00000008/checkpoint.pt"
+    assert {"checkpoint-00000008", "checkpoint-00000012"} <= set(checkpoint_names(run_dir))
+    latest = f"{run_dir}/checkpoint-00000012/checkpoint.pt"
     whole = storage.read_bytes(latest)
     fs, path = storage.resolve(latest)
     with fs.open_output_stream(path) as f:  # an upload gone wrong while the run was up
@@ -94,17 +91,24 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     node.send_signal(signal.SIGKILL)  # its raylet dies, and its workers with it
     log = _succeeded(follower)
     assert "waiting for nodes: --workers 2 x {CPU: 1} each" in log  # said what it waited for
-    assert "skipping checkpoint checkpoint-00000008" in log and "older checkpoint checkpoint-00000007" in log
+    assert "skipping checkpoint checkpoint-00000012" in log and "older checkpoint checkpoint-00000008" in log
     # a job's log is no terminal: plain progress lines, one per step record, then each epoch's line
     assert re.search(r"^epoch 1/2 \[#*\.*\] \d+/7 steps, loss [\d.]+, lr [\d.]+, \d+ images/s$", log, re.M)
     assert re.search(r"^epoch 2/2: train loss [\d.]+, top-1 error .* -> stop \(\d+ s\)$", log, re.M)
-    resumes = records(run_dir, "resume")
+    resumes = records(run_dir, "resume")  # epoch 2 (from 1), mid-epoch: its batch 1, with the saved RNG states
     assert [(r["epoch"], r["step"], r["batch"], r["skipped"]) for r in resumes] == [
-        (2, 7, 0, ["checkpoint-00000008"])]
+        (2, 8, 1, ["checkpoint-00000012"])]
     assert_bitwise_equal(run_dir, reference)
-    # the redone step-8 checkpoint had a folder of its own (checkpoint-00000008-2), so rotating the damaged
-    # one out deleted only that one
-    assert checkpoint_names(run_dir) == ["checkpoint-00000012", "checkpoint-00000014"]
+    # the redone step-12 checkpoint had a folder of its own, so rotating the damaged one out deleted only it
+    assert checkpoint_names(run_dir) == ["checkpoint-00000012-2", "checkpoint-00000014"]
+
+    # the nodes are up now; the same inputs give the local shards' bytes
+    log = _succeeded(_submit(cluster, "shard", str(local.parent / "train"), f"{data}-again", "--split", "train",
+                             "--shard-size", "16"))
+    assert "train: 120 samples written in 8 shards" in log, log[-3000:]
+    for name in sorted(os.listdir(local)):
+        if name.startswith("train") or name == "stats.json":
+            assert storage.read_bytes(f"{data}-again/{name}") == (local / name).read_bytes(), name
 
     log = _succeeded(_submit(cluster, "eval", "--checkpoint", run_dir, "--data", data, "--json"))
     scored = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
