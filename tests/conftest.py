@@ -59,6 +59,18 @@ def alexnet_cmd(*args: str) -> list[str]:
     return [str(BIN / "alexnet"), *map(str, args)]
 
 
+def wait_for_pause(driver: subprocess.Popen, pid_file: str) -> int:
+    """The pid the failure-test hook (ALEXNET_DEBUG_PID_FILE) wrote once a rank paused; fails the test if
+    the driver ended or 300 s went by first. `driver` must have stdout piped with stderr merged in."""
+    deadline = time.time() + 300
+    while not os.path.exists(pid_file):
+        if driver.poll() is not None or time.time() > deadline:
+            driver.kill()
+            pytest.fail(f"the run never paused ({pid_file}):\n{driver.communicate()[0][-3000:]}")
+        time.sleep(0.3)
+    return int(open(pid_file).read())
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = True,
             cwd: str | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(alexnet_cmd(*args), capture_output=True, text=True, timeout=timeout,

@@ -10,14 +10,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from autoscaling_cluster import AutoscalingCluster
-from conftest import alexnet_cmd, run_cli, train_args
+from conftest import alexnet_cmd, run_cli, train_args, wait_for_pause
 from pipeline import storage
 from test_train import assert_bitwise_equal, checkpoint_names, records
 
@@ -73,11 +72,7 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
         storage.write_bytes_atomic(f"{data}/{name}", (local / name).read_bytes())
 
     follower = _submit(cluster, *train_args(data, "spot", runs, tiny_config, cluster.address)[:-2])
-    deadline = time.time() + 300
-    while not os.path.exists(pid_file):
-        assert follower.poll() is None and time.time() < deadline, follower.communicate()[0][-3000:]
-        time.sleep(0.5)
-    worker = psutil.Process(int(open(pid_file).read()))
+    worker = psutil.Process(wait_for_pause(follower, pid_file))
     raylets = cluster.worker_raylets()
     assert len(raylets) >= 2  # the autoscaler launched the nodes the run asked for
     node = next(r for r in raylets if worker.pid in {c.pid for c in r.children(recursive=True)})

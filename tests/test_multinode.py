@@ -14,13 +14,12 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import psutil
 import pytest
 import torch
 
-from conftest import TINY, alexnet_cmd, free_port, run_cli, train_args
+from conftest import TINY, alexnet_cmd, free_port, run_cli, train_args, wait_for_pause
 from test_train import final_state
 
 # Ray Train waits this long for a worker group's resources before trying another size; it may try the
@@ -99,16 +98,6 @@ def elastic_run(cluster, dataset: str, storage: str, name: str, config: str) -> 
         driver.kill()
     assert driver.returncode == 0, output[-3000:]
     return os.path.join(storage, name)
-
-
-def wait_for_pause(driver: subprocess.Popen, pid_file: str) -> int:
-    deadline = time.time() + 300
-    while not os.path.exists(pid_file):
-        if driver.poll() is not None or time.time() > deadline:
-            driver.kill()
-            pytest.fail(f"the run never paused ({pid_file}):\n{driver.communicate()[0][-3000:]}")
-        time.sleep(0.3)
-    return int(open(pid_file).read())
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import psutil
 import pyarrow.fs as pafs
@@ -20,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, alexnet_cmd, run_cli, train_args
+from conftest import TINY, alexnet_cmd, run_cli, train_args, wait_for_pause
 from pipeline import storage
 from trainer import checkpoint as ckpt
 
@@ -104,13 +103,7 @@ def start_paused(args: list[str], pid_file: str, rank: int) -> tuple[subprocess.
            "ALEXNET_DEBUG_PID_FILE": pid_file}
     driver = subprocess.Popen(alexnet_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
-    deadline = time.time() + 300
-    while not os.path.exists(pid_file):
-        if driver.poll() is not None or time.time() > deadline:
-            driver.kill()
-            pytest.fail(f"the run never reached step {KILL_STEP}:\n{driver.communicate()[0][-3000:]}")
-        time.sleep(0.5)
-    worker = psutil.Process(int(open(pid_file).read()))
+    worker = psutil.Process(wait_for_pause(driver, pid_file))
     assert worker.pid != driver.pid and "RayTrainWorker" in worker.name()
     return driver, worker
 
