@@ -91,10 +91,12 @@ def test_metrics_log_appends_and_cuts_back_on_resume(where, tmp_path, request):
     log.flush()
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
     log.close()
-    resumed = MetricsLog(run, resume_step=2)  # steps 3 and 4 will be redone: they must not appear twice
+    resumed = MetricsLog(run, {"kind": "resume", "step": 2})  # steps 3 and 4 will be redone: not twice
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 2]  # the resume record in the same rewrite
     resumed.append({"kind": "step", "epoch": 0, "step": 3, "loss": 1.5})
     resumed.close()
-    assert [(r["step"], r["loss"]) for r in read_metrics(run)] == [(1, 4.0), (2, 3.0), (3, 1.5)]
+    assert [(r["kind"], r["step"], r.get("loss")) for r in read_metrics(run)] == [
+        ("step", 1, 4.0), ("step", 2, 3.0), ("resume", 2, None), ("step", 3, 1.5)]
     MetricsLog(run).close()  # a new run (no resume step) starts the file over
     assert read_metrics(run) == []
 

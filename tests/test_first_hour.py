@@ -90,6 +90,41 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
     assert lines[0].startswith("epoch 1/2 [########################] 4/4 steps") and lines[2] == bar
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_progress_after_a_resume_shows_the_redone_steps_not_the_first_try(where, tmp_path, request):
+    """A run that goes back to a checkpoint (a lost worker, a resize) cuts metrics.jsonl back and redoes the
+    steps after it, maybe with other numbers: the console says so and shows what was redone, once."""
+    run = str(tmp_path / "run") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/run"
+    out = open(tmp_path / "console.txt", "w")
+    log = MetricsLog(run)
+    progress = ConsoleProgress(run, epochs=2, out=out)  # polled by hand here: no thread, no timing
+    for record in (_step(1, 2, 2), _step(1, 4, 4), _epoch(1, 4), _step(2, 6, 2)):
+        log.append(record)
+    log.close()
+    progress._show_new()
+    resumed = {"kind": "resume", "epoch": 1, "step": 2, "batch": 2, "world_size": 1, "from_world_size": 2,
+               "skipped": ["checkpoint-00000004"]}
+    log = MetricsLog(run, resumed)  # back to step 2, with one replica
+    progress._show_new()
+    for record in ({**_step(1, 3, 3), "loss": 1.0}, {**_step(1, 4, 4), "loss": 0.5}):
+        log.append(record)
+    log.flush()
+    progress._show_new()
+    log.append(_epoch(1, 4))
+    log.close()
+    progress._show_new()
+    out.close()
+    lines = (tmp_path / "console.txt").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "epoch 1/2 [############............] 2/4 steps", "epoch 1/2 [########################] 4/4 steps",
+        "epoch 1/2: train loss 2.000", "epoch 2/2 [############............] 2/4 steps",
+        "resumed from the checkpoint at step 2: epoch 1/2", "epoch 1/2 [##################......] 3/4 steps",
+        "epoch 1/2 [########################] 4/4 steps", "epoch 1/2: train loss 2.000"]
+    assert lines[4] == ("resumed from the checkpoint at step 2: epoch 1/2, batch 2, 1 replica (was 2: the epoch's "
+                        "untrained samples dealt anew); skipped unreadable checkpoint-00000004")
+    assert "loss 1.000" in lines[5] and "loss 0.500" in lines[6]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

@@ -207,7 +207,8 @@ def own_ray(address: str | None, runtime_env: dict) -> Iterator[None]:
 
 
 def _forwarded_env() -> dict:
-    """What workers must see: deterministic cuBLAS, and the failure-test hooks (ALEXNET_DEBUG_*)."""
-    env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    """What workers must see: deterministic cuBLAS, the failure-test hooks (ALEXNET_DEBUG_*), and Ray
+    Train's print patch off (it sends each worker print to the driver twice: once as printed, once logged)."""
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("ALEXNET_DEBUG_")})
     return env

@@ -102,10 +102,10 @@ def train_worker(params: dict) -> None:
         loader.set_epoch(0)
     replica = torch.nn.parallel.DistributedDataParallel(model, device_ids=None) if world > 1 else model
 
-    logs = _Logs(run_dir, step if resumed is not None else None) if rank == 0 else None
-    if logs and resumed is not None:
-        logs.add({"kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world,
-                  "from_world_size": state["world_size"], "skipped": skipped})
+    resume_record = None if resumed is None else {
+        "kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world,
+        "from_world_size": state["world_size"], "skipped": skipped}
+    logs = _Logs(run_dir, resume_record) if rank == 0 else None
     pause = _DebugPause(rank)
     decision = "continue"
     while decision != "stop":
@@ -146,10 +146,11 @@ def train_worker(params: dict) -> None:
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last_batch:
                 _save(rank, world, logs, {"kind": "checkpoint", "epoch": epoch, "step": step}, model,
                       optimizer, schedule, loader, generator, train_totals, audit, config, manifest, stats,
-                      history, epoch, step, epoch_step)
+                      history, epoch, step, epoch_step, pause)
             if last_batch:
                 break
         # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
+        pause.maybe(step, "validate")
         val = errors_from_totals(_sum_over_ranks(
             eval_totals(model, EvalLoader(config.data, config.eval_batch_size, rank=rank, world_size=world,
                                           crop=config.crop, num_workers=config.loader_workers,
@@ -175,7 +176,7 @@ def train_worker(params: dict) -> None:
         if decision != "stop":
             loader.set_epoch(epoch)
         _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit,
-              config, manifest, stats, history, epoch, step, epoch_step, best=schedule.is_best(finished_epoch))
+              config, manifest, stats, history, epoch, step, epoch_step, pause, best=schedule.is_best(finished_epoch))
     if logs:
         logs.add({"kind": "end", "step": step, "epochs": epoch, "reason": "schedule" if epoch < config.epochs
                   else "max epochs", "replica_digests": digests})
@@ -194,8 +195,9 @@ def _resize(state: dict, world: int, rank: int, loader: TrainLoader, audit: Epoc
     schedule.lr = lr_after_resize(config, world, schedule)
     for group in optimizer.param_groups:
         group["lr"] = schedule.lr
+    ranks = f"{world} rank{'s' if world != 1 else ''}"
     print(f"[rank {rank}] resized from {old} to {world} replicas at step {state['step']}: epoch "
-          f"{state['epoch'] + 1} goes on with its untrained samples dealt to {world} ranks "
+          f"{state['epoch'] + 1} goes on with its untrained samples dealt to {ranks} "
           f"({len(loader)} batches each), lr {schedule.lr:g}")
 
 
@@ -208,7 +210,7 @@ def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) 
 
 
 def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit, config,
-          manifest, stats, history, epoch, step, epoch_step, best: bool = False) -> None:
+          manifest, stats, history, epoch, step, epoch_step, pause: _DebugPause, best: bool = False) -> None:
     """Gather every rank's position and RNG, rank 0 writes the file, everyone reports it to Ray Train."""
     mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu(),
             "audit": audit.state_dict(), "name": unused_checkpoint_name(logs.run_dir, step) if rank == 0 else None}
@@ -220,6 +222,7 @@ def _save(rank, world, logs, record, model, optimizer, schedule, loader, generat
     metrics = {k: v for k, v in record.items() if k != "kind"}
     name = everyone[0]["name"]  # rank 0's choice, the same on every rank
     if rank != 0:
+        pause.maybe(step, "save")
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
     state = ckpt.build(model=ckpt.cpu_state_dict(model), optimizer=ckpt.optimizer_state_cpu(optimizer),
@@ -235,17 +238,18 @@ def _save(rank, world, logs, record, model, optimizer, schedule, loader, generat
     logs.flush()
     with ckpt.staging_folder() as folder:
         ckpt.write_local(state, folder)
-        if best:
-            ckpt.write_best(os.path.join(folder, ckpt.FILE_NAME), logs.run_dir)
+        pause.maybe(step, "save")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+        if best:  # once uploaded: a save cut short must not leave its state as the run's best
+            ckpt.write_best(os.path.join(folder, ckpt.FILE_NAME), logs.run_dir)
 
 
 class _Logs:
     """Rank 0's metrics file and TensorBoard events."""
 
-    def __init__(self, run_dir: str, resume_step: int | None):
+    def __init__(self, run_dir: str, resume_record: dict | None):
         self.run_dir = run_dir
-        self.metrics = MetricsLog(run_dir, resume_step)
+        self.metrics = MetricsLog(run_dir, resume_record)
         self.board = TensorBoardLog(run_dir)
 
     def add(self, record: dict) -> None:
@@ -326,18 +330,28 @@ def _replica_digests(model: torch.nn.Module, world: int) -> list[str]:
 
 
 class _DebugPause:
-    """For failure tests: at step ALEXNET_DEBUG_PAUSE_STEP, rank ALEXNET_DEBUG_PAUSE_RANK (0) writes
-    its pid to ALEXNET_DEBUG_PID_FILE and waits to be killed; only once per file. Several steps
-    (comma-separated) pause once each, at PID_FILE.STEP."""
+    """For failure tests: rank ALEXNET_DEBUG_PAUSE_RANK (0) writes its pid to ALEXNET_DEBUG_PID_FILE and
+    waits to be killed, once per file, at each point of ALEXNET_DEBUG_PAUSE_STEP: `STEP` (after that
+    step), `STEP:save` (in the save at STEP, its file written and not yet reported to Ray Train; at an
+    epoch's end that is after validation, the epoch's record in metrics.jsonl) or `STEP:validate`
+    (as the epoch ending at STEP starts its validation). Several points (comma-separated) pause at
+    PID_FILE.POINT each."""
+
+    PHASES = ("step", "save", "validate")
 
     def __init__(self, rank: int):
-        steps = [int(s) for s in os.environ.get("ALEXNET_DEBUG_PAUSE_STEP", "0").split(",") if s.strip()]
+        points = [p.strip() for p in os.environ.get("ALEXNET_DEBUG_PAUSE_STEP", "").split(",") if p.strip()]
         path = os.environ.get("ALEXNET_DEBUG_PID_FILE", "")
-        self.files = {s: path if len(steps) == 1 else f"{path}.{s}" for s in steps if s and path}
-        self.active = bool(self.files) and rank == int(os.environ.get("ALEXNET_DEBUG_PAUSE_RANK", "0"))
+        self.files = {}
+        for point in points:
+            step, _, phase = point.partition(":")
+            if phase not in ("", *self.PHASES):
+                raise ValueError(f"ALEXNET_DEBUG_PAUSE_STEP: {point!r} is not STEP[:{'|'.join(self.PHASES)}]")
+            self.files[(int(step), phase or "step")] = path if len(points) == 1 else f"{path}.{point}"
+        self.active = bool(path) and rank == int(os.environ.get("ALEXNET_DEBUG_PAUSE_RANK", "0"))
 
-    def maybe(self, step: int) -> None:
-        path = self.files.get(step) if self.active else None
+    def maybe(self, step: int, phase: str = "step") -> None:
+        path = self.files.get((step, phase)) if self.active else None
         if path is None or os.path.exists(path):
             return
         with open(path + ".tmp", "w") as f:

@@ -1,4 +1,5 @@
-"""The console while `alexnet train` runs: one line per epoch, and a live bar of the epoch's steps.
+"""The console while `alexnet train` runs: one line per epoch, a live bar of the epoch's steps, and a
+line wherever a restart (a lost worker, an elastic resize) went back to a checkpoint.
 
 The driver follows the run's own metrics.jsonl (written by rank 0) in a thread. Reading the record
 instead of forwarding worker prints keeps one source for the console, the file and the plots, and the
@@ -10,6 +11,7 @@ so there the console shows epochs, not steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -37,6 +39,15 @@ def epoch_text(record: dict, epochs: int) -> str:
             f"{record['lr']:.4g} -> {record['decision']} ({record['seconds']:.0f} s)")
 
 
+def resume_text(record: dict, epochs: int) -> str:
+    world, was = record.get("world_size"), record.get("from_world_size")
+    skipped = record.get("skipped") or []
+    return (f"resumed from the checkpoint at step {record['step']}: epoch {record['epoch']}/{epochs}, batch "
+            f"{record['batch']}, {world} replica{'s' if world != 1 else ''}"
+            + (f" (was {was}: the epoch's untrained samples dealt anew)" if was and was != world else "")
+            + (f"; skipped unreadable {', '.join(skipped)}" if skipped else ""))
+
+
 class ConsoleProgress:
     """Follows RUN/metrics.jsonl from a thread until stopped; use as a context manager."""
 
@@ -50,9 +61,9 @@ class ConsoleProgress:
         self._thread = threading.Thread(target=self._follow, name="alexnet-progress", daemon=True)
         self._bar_shown = False
         self._consumed = 0  # bytes of the file already read
-        # what is already in the file (a continued run) is not shown again: records are ordered by
-        # (step, kind), and a run resumed from a checkpoint redoes no step it has logged past
-        self._last = max((self._order(r) for r in self._records()), default=(-1, -1))
+        self._identity: object = None  # of the file read so far: its inode, or on object storage its bytes' hash
+        # what is already in the file (a continued run) is not shown again
+        self._last = max((self._order(r) for r in self._records() if r["kind"] != "resume"), default=(-1, -1))
 
     def __enter__(self) -> "ConsoleProgress":
         self._thread.start()
@@ -69,35 +80,39 @@ class ConsoleProgress:
         return record.get("step", 0), 1 if record.get("kind") == "epoch" else 0
 
     def _records(self) -> list[dict]:
-        """The step and epoch records written since the last call. Only the new bytes of a local file are
-        read (a week-long run's file grows to many MB, polled twice a second); object storage is read
-        whole, every 10 s. A file that shrank (rewritten from a checkpoint) is read again from its start:
-        `_last` keeps what was shown from being shown twice."""
+        """The step, epoch and resume records written since the last call. Only the new bytes of a local
+        file are read (a week-long run's file grows to many MB, polled twice a second); object storage is
+        read whole, every 10 s. A rewritten file (a new inode; on object storage, other leading bytes) is
+        read again from its start."""
         try:
             if not storage.exists(self.location):
                 return []
+            whole = None
             if storage.is_url(self.location):
-                data = storage.read_bytes(self.location)
-                if len(data) < self._consumed:
+                whole = storage.read_bytes(self.location)
+                if hashlib.sha256(whole[:self._consumed]).digest() != self._identity:
                     self._consumed = 0
-                data = data[self._consumed:]
+                data = whole[self._consumed:]
             else:
                 with open(self.location, "rb") as file:
-                    if os.fstat(file.fileno()).st_size < self._consumed:
-                        self._consumed = 0
+                    status = os.fstat(file.fileno())
+                    if status.st_ino != self._identity or status.st_size < self._consumed:
+                        self._consumed, self._identity = 0, status.st_ino
                     file.seek(self._consumed)
                     data = file.read()
         except OSError:
             return []
         complete = data[:data.rfind(b"\n") + 1]  # a line without its newline is still being written
         self._consumed += len(complete)
+        if whole is not None:
+            self._identity = hashlib.sha256(whole[:self._consumed]).digest()
         records = []
         for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if record.get("kind") in ("step", "epoch"):
+            if record.get("kind") in ("step", "epoch", "resume"):
                 records.append(record)
         return records
 
@@ -106,15 +121,25 @@ class ConsoleProgress:
             self._show_new()
 
     def _show_new(self) -> None:
-        for record in self._records():
-            if self._order(record) > self._last:
-                self._last = self._order(record)
+        """Records in order, each shown once. A run resumed from a checkpoint rewrites the file cut back to
+        the checkpoint's step, ending with its resume record (one atomic write): what follows that record
+        is new, the redone steps included, which may differ from the first try (another replica count);
+        what precedes it was there before."""
+        records = self._records()
+        resumes = [i for i, record in enumerate(records) if record["kind"] == "resume"]
+        for i, record in enumerate(records):
+            if record["kind"] != "resume":
+                if self._order(record) > self._last:
+                    self._last = self._order(record)
+                    self._show(record)
+            elif i == resumes[-1]:
+                self._last = (record["step"], 1)
                 self._show(record)
 
     def _show(self, record: dict) -> None:
-        if record["kind"] == "epoch":
+        if record["kind"] in ("epoch", "resume"):
             self._end_bar()
-            self.out.write(epoch_text(record, self.epochs) + "\n")
+            self.out.write((epoch_text if record["kind"] == "epoch" else resume_text)(record, self.epochs) + "\n")
         elif self.live:
             self.out.write("\r\033[K" + step_text(record, self.epochs))
             self._bar_shown = True

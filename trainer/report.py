@@ -8,7 +8,8 @@
     resume epoch, step, batch, world_size                  (a restart continued from a checkpoint)
     end    step, epochs, reason, replica_digests (sha256 of each replica's weights)
 Epochs are numbered from 1, here as on plots, in reports and in `alexnet eval`. On resume the file is cut back to the
-checkpoint's step, so a step that was redone after a failure appears once.
+checkpoint's step and the resume record added in one atomic rewrite, so a step that was redone after a failure
+appears once, and whoever follows the file (the console) sees a rewrite end with the record that explains it.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ PLOTS_FOLDER = "plots"
 class MetricsLog:
     """Appends records; on object storage (no append) the whole file is rewritten at each flush."""
 
-    def __init__(self, run_dir: str, resume_step: int | None = None):
+    def __init__(self, run_dir: str, resumed: dict | None = None):
+        """`resumed`: the resume record of a run continued from a checkpoint (its `step`), or None for a
+        new run, which starts the file over."""
         self.run_dir = run_dir
         self.location = storage.join(run_dir, METRICS_FILE)
         self.remote = storage.is_url(run_dir)
-        records = read_metrics(run_dir, missing_ok=True)
-        if resume_step is not None:
-            records = [r for r in records if r.get("step", 0) <= resume_step and r.get("kind") != "end"]
-        else:
-            records = []
+        records = []
+        if resumed is not None:
+            records = [r for r in read_metrics(run_dir, missing_ok=True)
+                       if r.get("step", 0) <= resumed["step"] and r.get("kind") != "end"] + [resumed]
         self.lines = [json.dumps(r) for r in records]
         self._write_all()
         self._file = None if self.remote else open(self.location, "a", encoding="utf-8")
