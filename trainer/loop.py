@@ -113,7 +113,8 @@ def train_worker(params: dict) -> None:
         # a resized epoch ends when its last deal does (or at steps_per_epoch, counted over its deals)
         batches_per_epoch = min(batches_done(loader.deals) + len(loader), config.steps_per_epoch or 2**62)
         positions = loader.batch_positions()  # the epoch positions of this deal's batches, for the audit
-        started, images_seen, window_start, window_images = time.perf_counter(), 0, time.perf_counter(), 0
+        started = window_start = time.perf_counter()
+        window_images = 0
         for images, labels in loader:  # a pass never touches the global RNGs (tested)
             images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
             labels = labels.to(devices[0], non_blocking=True)
