@@ -125,6 +125,28 @@ def test_progress_after_a_resume_shows_the_redone_steps_not_the_first_try(where,
     assert "loss 1.000" in lines[5] and "loss 0.500" in lines[6]
 
 
+def test_progress_after_a_restart_before_any_checkpoint_shows_the_run_starting_over(tmp_path):
+    run = str(tmp_path / "run")
+    out = open(tmp_path / "console.txt", "w")
+    log = MetricsLog(run)
+    progress = ConsoleProgress(run, epochs=2, out=out)
+    for step in (1, 2, 3):
+        log.append(_step(1, step, step))
+    progress._show_new()
+    log.close()
+    log = MetricsLog(run)  # a worker died before the first checkpoint: Ray Train starts the run again
+    for step in (1, 2):
+        log.append({**_step(1, step, step), "loss": 3.0})
+    log.close()
+    progress._show_new()
+    out.close()
+    lines = (tmp_path / "console.txt").read_text().splitlines()
+    steps = [line.split(",")[0][-9:] for line in lines[:3] + lines[4:]]
+    assert steps == ["1/4 steps", "2/4 steps", "3/4 steps", "1/4 steps", "2/4 steps"]
+    assert lines[3] == "started over from the first step: no checkpoint had been registered yet"
+    assert "loss 3.000" in lines[4] and "loss 3.000" in lines[5]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

@@ -63,7 +63,7 @@ class ConsoleProgress:
         self._consumed = 0  # bytes of the file already read
         self._identity: object = None  # of the file read so far: its inode, or on object storage its bytes' hash
         # what is already in the file (a continued run) is not shown again
-        self._last = max((self._order(r) for r in self._records() if r["kind"] != "resume"), default=(-1, -1))
+        self._last = max((self._order(r) for r in self._records()[0] if r["kind"] != "resume"), default=(-1, -1))
 
     def __enter__(self) -> "ConsoleProgress":
         self._thread.start()
@@ -79,29 +79,31 @@ class ConsoleProgress:
     def _order(record: dict) -> tuple[int, int]:
         return record.get("step", 0), 1 if record.get("kind") == "epoch" else 0
 
-    def _records(self) -> list[dict]:
-        """The step, epoch and resume records written since the last call. Only the new bytes of a local
-        file are read (a week-long run's file grows to many MB, polled twice a second); object storage is
-        read whole, every 10 s. A rewritten file (a new inode; on object storage, other leading bytes) is
-        read again from its start."""
+    def _records(self) -> tuple[list[dict], bool]:
+        """The step, epoch and resume records written since the last call, and whether the file was
+        rewritten since (a new inode; on object storage, other leading bytes): it is then read again from
+        its start. Only the new bytes of a local file are read (a week-long run's file grows to many MB,
+        polled twice a second); object storage is read whole, every 10 s."""
+        rewritten = False
         try:
             if not storage.exists(self.location):
-                return []
+                return [], False
             whole = None
             if storage.is_url(self.location):
                 whole = storage.read_bytes(self.location)
                 if hashlib.sha256(whole[:self._consumed]).digest() != self._identity:
-                    self._consumed = 0
+                    rewritten, self._consumed = self._identity is not None, 0
                 data = whole[self._consumed:]
             else:
                 with open(self.location, "rb") as file:
                     status = os.fstat(file.fileno())
                     if status.st_ino != self._identity or status.st_size < self._consumed:
+                        rewritten = self._identity is not None
                         self._consumed, self._identity = 0, status.st_ino
                     file.seek(self._consumed)
                     data = file.read()
         except OSError:
-            return []
+            return [], False
         complete = data[:data.rfind(b"\n") + 1]  # a line without its newline is still being written
         self._consumed += len(complete)
         if whole is not None:
@@ -114,7 +116,7 @@ class ConsoleProgress:
                 continue
             if record.get("kind") in ("step", "epoch", "resume"):
                 records.append(record)
-        return records
+        return records, rewritten
 
     def _follow(self) -> None:
         while not self._stop.wait(self.interval):
@@ -124,9 +126,15 @@ class ConsoleProgress:
         """Records in order, each shown once. A run resumed from a checkpoint rewrites the file cut back to
         the checkpoint's step, ending with its resume record (one atomic write): what follows that record
         is new, the redone steps included, which may differ from the first try (another replica count);
-        what precedes it was there before."""
-        records = self._records()
+        what precedes it was there before. A rewrite without one is a run started over from its first
+        step (it failed before any checkpoint was registered): all of it is new."""
+        records, rewritten = self._records()
         resumes = [i for i, record in enumerate(records) if record["kind"] == "resume"]
+        if rewritten and not resumes and self._last > (-1, -1):
+            self._last = (-1, -1)
+            self._end_bar()
+            self.out.write("started over from the first step: no checkpoint had been registered yet\n")
+            self.out.flush()
         for i, record in enumerate(records):
             if record["kind"] != "resume":
                 if self._order(record) > self._last:
