@@ -4,6 +4,7 @@ import io
 import os
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -80,6 +81,33 @@ def test_bad_checkpoints_are_named(tmp_path):
     torch.save({"format": ckpt.FORMAT, "x": Evil()}, bad)
     with pytest.raises(UserError, match="not a readable checkpoint"):  # weights_only refuses the object
         ckpt.load(str(bad))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_drivers_check_tells_a_cut_off_checkpoint_without_reading_its_tensors(where, tmp_path, request):
+    """What `alexnet train` checks before resuming (trainer/resume.py): the archive's directory and index."""
+    import zipfile
+
+    state = {"format": ckpt.FORMAT, "model": {"w": torch.randn(64, 1024)}, "step": 7}
+    whole = ckpt.to_bytes(state)
+    folder = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/run"
+
+    def saved(name: str, data: bytes) -> str:
+        location = storage.join(folder, name, ckpt.FILE_NAME)
+        storage.write_bytes_atomic(location, data)
+        return location
+
+    ckpt.check_readable(saved("whole", whole))
+    ckpt.check_readable(storage.join(folder, "whole"))  # a checkpoint folder, as for `load`
+    index = io.BytesIO()
+    with zipfile.ZipFile(index, "w") as archive:  # a zip, but not torch.save's
+        archive.writestr("archive/version", "3")
+    for name, data in (("half", whole[:len(whole) // 2]), ("one-byte-short", whole[:-1]), ("empty", b""),
+                       ("text", b"not a checkpoint"), ("other-zip", index.getvalue())):
+        with pytest.raises(UserError, match=re.escape(f"{saved(name, data)} is not a readable checkpoint: ")):
+            ckpt.check_readable(storage.join(folder, name))
+    with pytest.raises(UserError, match="no checkpoint at"):
+        ckpt.check_readable(storage.join(folder, "absent"))
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

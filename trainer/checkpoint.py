@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,6 +162,27 @@ def load(location: str) -> dict:
         raise UserError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else '?'}"
                         f" (this version reads format {FORMAT})")
     return state
+
+
+def check_readable(location: str) -> None:
+    """What a driver deciding where to resume needs, without reading the tensors (a whole model and its
+    momenta, ~0.5 GB at width 1, maybe from object storage, which every worker then reads again):
+    torch.save writes a zip archive whose directory is at its end, so a file cut short (an upload cut
+    off, a full disk) has none. Reads the directory and the pickled index (a few KB, its CRC checked).
+    A full `torch.load` would tell no more about the tensors (it checks no CRC of their bytes); what only
+    unpickling finds is left to the workers' `load`, which fall back to an older checkpoint."""
+    path = resolve_location(location)
+    fs, inner = storage.resolve(path)
+    try:
+        with fs.open_input_file(inner) as file, zipfile.ZipFile(file) as archive:
+            index = [name for name in archive.namelist() if name.rpartition("/")[2] == "data.pkl"]
+            if len(index) != 1:
+                raise zipfile.BadZipFile(f"{len(index)} pickled indexes (data.pkl) in the archive, not 1")
+            archive.read(index[0])
+    except ValueError:  # pyarrow's, seeking to a directory before the file's start: too short for a zip
+        raise UserError(f"{path} is not a readable checkpoint: File is not a zip file") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise UserError(f"{path} is not a readable checkpoint: {error}".splitlines()[0]) from None
 
 
 def build(**parts: Any) -> dict:

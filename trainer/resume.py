@@ -8,8 +8,9 @@ or an upload cut off would then end the run (or leave a folder only `--fresh` ca
 older checkpoint would do.
 
 Two places deal with it. The driver, before Ray Train reads the list (`repair_run`): it drops the
-entries that cannot be read, newest first, until the newest readable one, deletes their folders,
-rewrites the list, and says what it skipped and why. A worker (`load_newest_readable`), in case a
+entries that cannot be read (judged by the archive's structure, not by reading the tensors), newest
+first, until the newest readable one, deletes their folders, rewrites the list, and says what it
+skipped and why. A worker (`load_newest_readable`), in case a
 checkpoint goes bad while the run is up: it falls back to the newest older checkpoint folder it can
 read, and says so.
 """
@@ -66,11 +67,12 @@ def repair_run(run_dir: str, log=print) -> list[str]:
 
 
 def unreadable(folder: str) -> str | None:
-    """Why a checkpoint folder cannot be resumed from, or None if it can."""
+    """Why a checkpoint folder cannot be resumed from, or None if it can (as far as the archive's
+    structure tells: `checkpoint.check_readable`)."""
     if not storage.exists(folder):
         return "its folder is gone"
     try:
-        ckpt.load(storage.join(folder, ckpt.FILE_NAME))
+        ckpt.check_readable(storage.join(folder, ckpt.FILE_NAME))
     except UserError as error:
         return str(error).replace(folder.rstrip("/") + "/", "")
     return None
