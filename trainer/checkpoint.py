@@ -157,7 +157,7 @@ def load(location: str) -> dict:
     try:
         state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which, and why
-        raise UserError(f"{path} is not a readable checkpoint: {error}".splitlines()[0]) from None
+        raise _unreadable(path, error) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else '?'}"
                         f" (this version reads format {FORMAT})")
@@ -180,9 +180,14 @@ def check_readable(location: str) -> None:
                 raise zipfile.BadZipFile(f"{len(index)} pickled indexes (data.pkl) in the archive, not 1")
             archive.read(index[0])
     except ValueError:  # pyarrow's, seeking to a directory before the file's start: too short for a zip
-        raise UserError(f"{path} is not a readable checkpoint: File is not a zip file") from None
+        raise _unreadable(path, "File is not a zip file") from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise UserError(f"{path} is not a readable checkpoint: {error}".splitlines()[0]) from None
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: str, why: object) -> UserError:
+    """One line naming the file (resume.py shows it with the folder cut off)."""
+    return UserError(f"{path} is not a readable checkpoint: {why}".splitlines()[0])
 
 
 def build(**parts: Any) -> dict:
