@@ -20,7 +20,7 @@ import crc32c
 import numpy as np
 import simplejpeg
 
-from pipeline.images import process_image
+from pipeline.shard.images import process_image
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 

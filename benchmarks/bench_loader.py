@@ -103,7 +103,7 @@ def run_pillow(dataset: str, epochs: int, batch_size: int, workers: int) -> int:
 
 
 def run_loader(dataset: str, epochs: int, batch_size: int, workers: int) -> int:
-    from pipeline.loader import TrainLoader
+    from pipeline.loader.loaders import TrainLoader
 
     loader = TrainLoader(dataset, batch_size, num_workers=workers)
     for n, _ in enumerate(loader):  # a short untimed pass: one-time costs (the batch memory's first

@@ -4,7 +4,7 @@ one run. Run by hand (the machine as quiet as you can get it; CPU time is what i
     python benchmarks/bench_shard.py [--images 20000] [--rounds 2] [--only command]
 
 1. per-image: images/s on one core (one process, images already in memory) of
-   - ours:        pipeline.images.process_image (DCT-domain downscale, crop-then-resample, libjpeg-turbo encode)
+   - ours:        pipeline.shard.images.process_image (DCT-domain downscale, crop-then-resample, libjpeg-turbo encode)
    - careful:     Pillow with draft() (DCT-domain downscale), resize shorter side to 256, centre crop, save
    - naive:       the same without draft()
    - decode-only: simplejpeg (libjpeg-turbo) full-resolution decode, the floor any path pays
@@ -70,7 +70,7 @@ def decode_only(data: bytes):
 
 
 def ours(data: bytes) -> bytes:
-    from pipeline.images import process_image
+    from pipeline.shard.images import process_image
 
     return process_image(data)[0]
 
@@ -179,7 +179,7 @@ def job_run(src: str, out: str, cpus: int, queue) -> None:
 
     @ray.remote(num_cpus=1)
     def warm():
-        import pipeline.shards  # noqa: F401  (imports, as a shard task would, before the clock starts)
+        import pipeline.shard.manifest  # noqa: F401  (imports, as a shard task would, before the clock starts)
 
         time.sleep(0.5)
         return os.getpid()
@@ -202,7 +202,7 @@ def job_run(src: str, out: str, cpus: int, queue) -> None:
     baseline = sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    from pipeline.shard_job import shard_split
+    from pipeline.shard.job import shard_split
 
     start = time.perf_counter()
     with open(os.devnull, "w") as devnull:

@@ -58,7 +58,7 @@ def make_data(out: str, synthetic: int) -> None:
 
 
 def bare_step_seconds(args, batches, stats, devices) -> float:
-    from pipeline.augment import BatchTransform
+    from pipeline.loader.augment import BatchTransform
     from trainer.model import AlexNet
 
     torch.manual_seed(0)
@@ -143,9 +143,9 @@ def main() -> int:
     if not args.data:
         parser.error("--data is required (make one with --make-data DIR)")
 
-    from pipeline.loader import TrainLoader
-    from pipeline.shards import read_manifest
-    from pipeline.stats import read_stats
+    from pipeline.loader.loaders import TrainLoader
+    from pipeline.shard.manifest import read_manifest
+    from pipeline.shard.stats import read_stats
     from trainer.model import default_devices
 
     torch.set_num_threads(args.cpus)

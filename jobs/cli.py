@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from pipeline.shard_job import shard_split
+    from pipeline.shard.job import shard_split
 
     return shard_split(
         src=args.src,
@@ -48,7 +48,7 @@ def _shard(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect import inspect_dataset
+    from pipeline.shard.inspect import inspect_dataset
 
     return inspect_dataset(args.dataset, verify=args.verify, as_json=args.json)
 

@@ -42,7 +42,7 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
                             keep_checkpoints=1, log_every_steps=5, seed=seed, deterministic=False)
 
     from jobs.demo_report import write_report
-    from pipeline.shard_job import shard_split
+    from pipeline.shard.job import shard_split
     from trainer.evaluate import evaluate_checkpoint
     from trainer.launch import train
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import BatchTransform
-from pipeline.stats import read_stats
+from pipeline.loader.augment import BatchTransform
+from pipeline.shard.stats import read_stats
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Elastic runs (`--workers MIN:MAX`): an epoch stays exactly-once across every change of world size.
 
-The re-dealing is pure arithmetic (pipeline/loader_plan.py, pipeline/loader_deals.py), checked here over
+The re-dealing is pure arithmetic (pipeline/loader/plan.py, pipeline/loader/deals.py), checked here over
 many resize sequences; a real loader resumed at another world size reads real shards; the end-to-end
 run shrinks and grows on a multi-node cluster (tests/test_multinode.py's cluster).
 """
@@ -12,9 +12,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.loader import TrainLoader
-from pipeline.loader_deals import Deal, close
-from pipeline.loader_plan import deal_size, rank_batch_positions, worker_plan
+from pipeline.loader.loaders import TrainLoader
+from pipeline.loader.deals import Deal, close
+from pipeline.loader.plan import deal_size, rank_batch_positions, worker_plan
 from trainer.config import resolve_config
 from trainer.loop import lr_after_resize
 from trainer.schedule import PlateauSchedule

@@ -11,8 +11,8 @@ import simplejpeg
 import torch
 
 from conftest import run_cli
-from pipeline.shards import read_manifest
-from pipeline.stats import read_stats
+from pipeline.shard.manifest import read_manifest
+from pipeline.shard.stats import read_stats
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.model import AlexNet

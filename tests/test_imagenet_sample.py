@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import decode_stored, process_image
-from pipeline.stats import add_moments, empty_moments, image_moments, stats_from_moments
+from pipeline.shard.images import decode_stored, process_image
+from pipeline.shard.stats import add_moments, empty_moments, image_moments, stats_from_moments
 
 # REFERENCE.md "ImageNet colour statistics in common use", pixels on the [0, 1] scale
 MEAN_RGB = (0.485, 0.456, 0.406)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from imagenet_trees import odd_files, sample_files
-from pipeline.images import BadImage, decode_for_size, decode_stored, process_image
+from pipeline.shard.images import BadImage, decode_for_size, decode_stored, process_image
 
 
 def _pillow_centre_square(data: bytes, resample: Image.Resampling, size: int = 256) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 import shutil
 
 from conftest import run_cli
-from pipeline.progress import Progress
+from pipeline.shard.progress import Progress
 
 
 def test_inspect_summarises_every_split(sharded_dataset):

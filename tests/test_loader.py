@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.loader import EvalLoader, ShardReadError, TrainLoader
-from pipeline.loader_plan import shard_order, worker_plan
+from pipeline.loader.loaders import EvalLoader, ShardReadError, TrainLoader
+from pipeline.loader.plan import shard_order, worker_plan
 
 
 def stored_samples(dataset: str, split: str) -> list[tuple[str, str, np.ndarray, int]]:
@@ -177,7 +177,7 @@ def test_resume_after_k_batches_equals_the_uninterrupted_stream(sharded_dataset)
 
 
 def test_resume_does_not_decode_the_skipped_samples(sharded_dataset, monkeypatch):
-    import pipeline.loader_stream as stream
+    import pipeline.loader.stream as stream
 
     decoded = []
     real_decode = stream.simplejpeg.decode_jpeg
@@ -240,7 +240,7 @@ def test_spawned_workers_give_the_in_process_batches(sharded_dataset):
     assert len(spawned) == len(in_process) > 1
     for (images, labels), (want_images, want_labels) in zip(spawned, in_process):
         assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
-        assert images.stride(1) == 1 and images.stride(3) == 3  # NHWC memory (rows padded: loader_layout.py)
+        assert images.stride(1) == 1 and images.stride(3) == 3  # NHWC memory (rows padded: pipeline/loader/layout.py)
 
 
 # --- evaluation loaders ------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_ten_crop_patches_are_the_corner_centre_and_mirrored_slices(sharded_data
 
 
 def test_images_not_of_the_manifest_size_are_cropped_from_their_own_pixels(sharded_dataset, tmp_path):
-    """Images of the manifest's size are decoded in place (loader_layout.py); any other size takes the
+    """Images of the manifest's size are decoded in place (pipeline/loader/layout.py); any other size takes the
     copying path, and one smaller than the crop is named."""
     folder = copy_split(sharded_dataset, "train", tmp_path / "data")
     shard = folder / "train-000003.tar"
@@ -471,8 +471,8 @@ def rewrite_shard(shard: Path, edit) -> list[tuple[tarfile.TarInfo, bytes]]:
 
 
 def test_a_sample_the_index_does_not_list_is_never_trained_on(small_dataset, tmp_path):
-    from pipeline.inspect import verify_split
-    from pipeline.shards import read_manifest
+    from pipeline.shard.inspect import verify_split
+    from pipeline.shard.manifest import read_manifest
 
     folder = copy_split(small_dataset, "train", tmp_path / "data")
     shard = folder / "train-000002.tar"

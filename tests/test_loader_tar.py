@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from pipeline.loader_tar import ShardReadError, byte_sum, iter_samples, map_file
+from pipeline.loader.tar_reader import ShardReadError, byte_sum, iter_samples, map_file
 
 
 def write_archive(fmt: int, samples: list[tuple[str, dict[str, bytes]]]) -> bytes:

@@ -18,11 +18,11 @@ import pytest
 from conftest import run_cli
 from imagenet_trees import class_tree, sample_files, synset_of
 from pipeline.errors import UserError
-from pipeline.images import BadImage
-from pipeline.labels import check_class_names
-from pipeline.shard_job import shard_split
-from pipeline.scan_rules import HIDDEN
-from pipeline.sources import find_inputs, read_source
+from pipeline.shard.images import BadImage
+from pipeline.shard.labels import check_class_names
+from pipeline.shard.job import shard_split
+from pipeline.shard.scan_rules import HIDDEN
+from pipeline.shard.sources import find_inputs, read_source
 
 LINKED_FOLDER = "symlink to a folder: not followed (only a class folder that links outside the input is)"
 STRAY = "not inside a class folder (class folders label their images; this file has none)"

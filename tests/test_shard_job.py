@@ -20,9 +20,9 @@ from PIL import Image
 
 from conftest import alexnet_cmd, run_cli
 from imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
-from pipeline.shards import read_manifest
-from pipeline.shard_tar import ShardTarWriter
-from pipeline.stats import PixelMoments, add_moments, empty_moments, image_moments, read_stats, stats_from_moments
+from pipeline.shard.manifest import read_manifest
+from pipeline.shard.tar_writer import ShardTarWriter
+from pipeline.shard.stats import PixelMoments, add_moments, empty_moments, image_moments, read_stats, stats_from_moments
 
 
 def _read_shard(path: Path) -> list[tuple[str, bytes, int, dict]]:
@@ -142,7 +142,7 @@ def test_pixel_moments_are_exact_integers():
     """The shard tasks' moments equal int64 sums exactly (not to a tolerance): on stored images of real
     photographs, on several images summed in one accumulator, and at the extremes, where a float32 or a
     rounded accumulation would be off (all-255 pixels; a 2-megapixel image of noise)."""
-    from pipeline.images import decode_stored, process_image
+    from pipeline.shard.images import decode_stored, process_image
 
     def exact(rgb: np.ndarray) -> dict:
         x = rgb.reshape(-1, 3).astype(np.int64)

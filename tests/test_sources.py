@@ -6,9 +6,9 @@ import pytest
 
 from imagenet_trees import class_tree, flat_val, sample_files, synset_of, train_tar
 from pipeline.errors import UserError
-from pipeline.labels import read_class_list, read_labels
-from pipeline.scan_rules import HIDDEN
-from pipeline.sources import assign_keys, find_inputs, read_source
+from pipeline.shard.labels import read_class_list, read_labels
+from pipeline.shard.scan_rules import HIDDEN
+from pipeline.shard.sources import assign_keys, find_inputs, read_source
 
 
 @pytest.fixture(scope="module")

@@ -204,8 +204,8 @@ def test_training_batches_carry_colour_noise_and_validation_batches_do_not(plate
     loss is the same, and is that of a pass without noise over the val split."""
     import torch.nn.functional as F
 
-    from pipeline.augment import BatchTransform
-    from pipeline.loader import EvalLoader, TrainLoader
+    from pipeline.loader.augment import BatchTransform
+    from pipeline.loader.loaders import EvalLoader, TrainLoader
     from trainer.evaluate import errors_from_totals, eval_totals
     from trainer.model import AlexNet
 

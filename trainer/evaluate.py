@@ -56,9 +56,9 @@ def errors_from_totals(totals: torch.Tensor) -> dict:
 def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, as_json: bool = False,
                         batch_size: int = 64, split: str = "val", num_workers: int = 2) -> int:
     """`alexnet eval`: load a checkpoint safely, rebuild its model here (GPUs if present), score a split."""
-    from pipeline.augment import BatchTransform
-    from pipeline.loader import EvalLoader
-    from pipeline.shards import read_manifest
+    from pipeline.loader.augment import BatchTransform
+    from pipeline.loader.loaders import EvalLoader
+    from pipeline.shard.manifest import read_manifest
     from trainer import checkpoint as ckpt
     from trainer.model import AlexNet, default_devices
 

@@ -32,7 +32,7 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.shards import read_manifest
+    from pipeline.shard.manifest import read_manifest
     from trainer import failures, preflight, resources, resume
     from trainer.progress import ConsoleProgress
     from trainer.report import plot_run
@@ -105,8 +105,8 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
 
 def check_dataset(data: str) -> None:
     """Both splits finished (manifests written last) and the statistics present, before any worker."""
-    from pipeline.shards import read_manifest
-    from pipeline.stats import read_stats
+    from pipeline.shard.manifest import read_manifest
+    from pipeline.shard.stats import read_stats
 
     train = read_manifest(data, "train")
     val = read_manifest(data, "val")

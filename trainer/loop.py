@@ -8,7 +8,7 @@ continues at the exact batch with the exact random numbers: on the CPU with dete
 weights come out bitwise equal to an uninterrupted run.
 
 An elastic run (`--workers MIN:MAX`) may resume with another number of replicas. Mid-epoch, the loader
-then deals the samples no rank trained yet among the new ranks (pipeline/loader_deals.py), the new rank
+then deals the samples no rank trained yet among the new ranks (pipeline/loader/deals.py), the new rank
 0 carries the old ranks' loss totals and sample audit (trainer/audit.py), the per-replica batch stays,
 and with `scale_lr` the lr follows the new replica count (the schedule's reductions kept).
 """
@@ -26,11 +26,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train import Checkpoint
 
-from pipeline.augment import BatchTransform
-from pipeline.loader import EvalLoader, TrainLoader
-from pipeline.loader_deals import batches_done
-from pipeline.shards import read_manifest
-from pipeline.stats import read_stats
+from pipeline.loader.augment import BatchTransform
+from pipeline.loader.loaders import EvalLoader, TrainLoader
+from pipeline.loader.deals import batches_done
+from pipeline.shard.manifest import read_manifest
+from pipeline.shard.stats import read_stats
 from trainer import checkpoint as ckpt
 from trainer.audit import EpochAudit
 from trainer.config import TrainConfig, config_from_dict

@@ -1,10 +1,10 @@
 """What one torch DataLoader worker runs: its share of an epoch, shards -> uint8 batches.
 
-Each worker computes its own plan (pipeline/loader_plan.py), streams the shards covering its block,
-checks each sample against the index as it is read (pipeline/loader_index.py), decodes each sample
+Each worker computes its own plan (pipeline/loader/plan.py), streams the shards covering its block,
+checks each sample against the index as it is read (pipeline/loader/index.py), decodes each sample
 only when it is due in the seeded order, straight into its place in the batch
-(pipeline/loader_layout.py), and yields ("batch", batch number, images, labels, replaced). In a worker
-process the batch buffer is normally a slot of the loader's BatchPool (pipeline/loader_pool.py) and
+(pipeline/loader/layout.py), and yields ("batch", batch number, images, labels, replaced). In a worker
+process the batch buffer is normally a slot of the loader's BatchPool (pipeline/loader/pool.py) and
 `images` is (worker, slot); in-process, or when the caller holds all the worker's slots, it is an NHWC
 tensor (a view of a fresh buffer in that layout). A shard that cannot be read ends the stream with
 ("error", message): the main process re-raises it with that message (a DataLoader traceback would
@@ -24,12 +24,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline import storage
-from pipeline.augment import crop_origin, mirror, ten_crop
-from pipeline.loader_index import SampleIndex
-from pipeline.loader_layout import BatchLayout
-from pipeline.loader_plan import WorkerPlan, worker_plan
-from pipeline.loader_pool import BatchPool
-from pipeline.loader_tar import STREAM_BUFFER, ShardReadError, iter_samples, map_file
+from pipeline.loader.augment import crop_origin, mirror, ten_crop
+from pipeline.loader.index import SampleIndex
+from pipeline.loader.layout import BatchLayout
+from pipeline.loader.plan import WorkerPlan, worker_plan
+from pipeline.loader.pool import BatchPool
+from pipeline.loader.tar_reader import STREAM_BUFFER, ShardReadError, iter_samples, map_file
 
 @dataclass(frozen=True)
 class EpochSpec:
@@ -50,7 +50,7 @@ class EpochSpec:
     resume_batches: int  # the rank's batches already consumed this epoch
     skip_bad: bool
     index: SampleIndex  # each position's key, label and image checksum: every sample is checked against it
-    deals: tuple = ()  # the epoch's closed deals (pipeline/loader_deals.py): non-empty after a resize
+    deals: tuple = ()  # the epoch's closed deals (pipeline/loader/deals.py): non-empty after a resize
 
 
 class EpochStream(IterableDataset):

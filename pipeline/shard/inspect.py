@@ -10,10 +10,10 @@ from contextlib import nullcontext
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.loader_index import SampleIndex
-from pipeline.loader_tar import ShardReadError, iter_samples, map_file
-from pipeline.shards import PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries
-from pipeline.stats import STATS_FILE, read_stats
+from pipeline.loader.index import SampleIndex
+from pipeline.loader.tar_reader import ShardReadError, iter_samples, map_file
+from pipeline.shard.manifest import PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries
+from pipeline.shard.stats import STATS_FILE, read_stats
 
 
 def find_splits(dataset: str) -> list[str]:

@@ -21,8 +21,8 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.loader_tar import ShardReadError
-from pipeline.shards import index_location
+from pipeline.loader.tar_reader import ShardReadError
+from pipeline.shard.manifest import index_location
 
 
 class SampleIndex:

@@ -17,7 +17,7 @@ shards, and a DDP job hangs):
    `window` samples in memory, but the whole order is known up front, so a resumed worker knows which
    samples it already yielded and drops their raw bytes unread.
 5. A change of world size (or of loader workers) mid-epoch starts a new *deal* of that epoch
-   (pipeline/loader_deals.py keeps the epoch's list of finished deals). Deal k > 0 works on the sorted
+   (pipeline/loader/deals.py keeps the epoch's list of finished deals). Deal k > 0 works on the sorted
    positions no rank trained in deals 0..k-1 (they are known exactly: each deal's plan and its batch
    count say which slots were yielded) exactly as deal 0 works on 0..N-1: contiguous runs of that list
    per rank, blocks per worker, the same seeded window shuffle (streams told apart by k). A worker's
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.random  # noqa: F401  (now, in the parent: forked workers would import it every epoch, ~13 ms)
 
-from pipeline.loader_deals import Deal
+from pipeline.loader.deals import Deal
 
 _ORDER, _AUGMENT = 1, 2  # independent random streams per (seed, epoch, rank, worker[, deal])
 

@@ -20,14 +20,14 @@ from importlib.metadata import version
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.images import CHROMA_SUBSAMPLING
-from pipeline.labels import check_class_names, read_class_list, read_labels
-from pipeline.progress import Progress, plural
-from pipeline.shards import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
+from pipeline.shard.images import CHROMA_SUBSAMPLING
+from pipeline.shard.labels import check_class_names, read_class_list, read_labels
+from pipeline.shard.progress import Progress, plural
+from pipeline.shard.manifest import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
                              plan_shards, progress_location, read_manifest, rows_table, stale_temporaries,
                              write_index, write_manifest, write_shard)
-from pipeline.sources import Input, Scan, find_inputs
-from pipeline.stats import add_moments, empty_moments, stats_from_moments, write_stats
+from pipeline.shard.sources import Input, Scan, find_inputs
+from pipeline.shard.stats import add_moments, empty_moments, stats_from_moments, write_stats
 
 TRAIN = "train"
 SPLITS = ("train", "val")  # other names with custom_split=True (--custom-split)

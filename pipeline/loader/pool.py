@@ -28,7 +28,7 @@ import weakref
 import numpy as np
 import torch
 
-from pipeline.loader_layout import BatchLayout
+from pipeline.loader.layout import BatchLayout
 
 
 class BatchPool:

@@ -3,7 +3,7 @@
 A deal is (world size, loader workers per rank, batch size, batches every rank trained in it). An
 epoch without a resize is one deal. When a run resumes mid-epoch with another world size (or another
 number of loader workers), the deal it was in is closed with the batches its ranks had trained by the
-checkpoint, and a new deal shares out the positions no rank trained (pipeline/loader_plan.py). The
+checkpoint, and a new deal shares out the positions no rank trained (pipeline/loader/plan.py). The
 list of closed deals is all a checkpoint needs to know which positions are done: a few integers per
 resize, whatever the dataset's size.
 """

@@ -8,7 +8,7 @@
             x = transform(images.to(device, non_blocking=True))
 
 How samples are dealt to ranks and workers, and why that gives exactly-once epochs with the same
-number of batches on every rank: pipeline/loader_plan.py. What a worker does: pipeline/loader_stream.py.
+number of batches on every rank: pipeline/loader/plan.py. What a worker does: pipeline/loader/stream.py.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.loader_index import SampleIndex
-from pipeline.loader_deals import Deal, close, from_state, to_state
-from pipeline.loader_plan import batch_sizes, deal_size, rank_batch_positions, rank_span
-from pipeline.loader_layout import BatchLayout
-from pipeline.loader_pool import BatchPool, pinned_copy
-from pipeline.loader_stream import EpochSpec, EpochStream, batch_layout
-from pipeline.loader_tar import ShardReadError
-from pipeline.shards import read_manifest
+from pipeline.loader.index import SampleIndex
+from pipeline.loader.deals import Deal, close, from_state, to_state
+from pipeline.loader.plan import batch_sizes, deal_size, rank_batch_positions, rank_span
+from pipeline.loader.layout import BatchLayout
+from pipeline.loader.pool import BatchPool, pinned_copy
+from pipeline.loader.stream import EpochSpec, EpochStream, batch_layout
+from pipeline.loader.tar_reader import ShardReadError
+from pipeline.shard.manifest import read_manifest
 
 __all__ = ["TrainLoader", "EvalLoader", "ShardReadError"]
 
@@ -62,7 +62,7 @@ class _ShardLoader:
         self.index = SampleIndex.read(self.dataset, split, self.shards, int(self.manifest["num_classes"]),
                                       verify_checksums)
         self.batches = 0  # batches of the current epoch's current deal handed to the caller
-        self.deals: tuple[Deal, ...] = ()  # the epoch's closed deals (pipeline/loader_deals.py)
+        self.deals: tuple[Deal, ...] = ()  # the epoch's closed deals (pipeline/loader/deals.py)
         self._deal_size: tuple[tuple, int] | None = None  # ((epoch, deals), positions the current deal shares)
         self.replaced_samples = 0  # unreadable samples stood in for (skip_bad_samples=True), all epochs
         self._resume_at = 0
@@ -136,7 +136,7 @@ class _ShardLoader:
                 if pin:
                     images = pinned_copy(images)
             labels = torch.from_numpy(labels)
-            # NHWC memory handed out as an NCHW view (rows padded unless pinned: pipeline/loader_layout.py)
+            # NHWC memory handed out as an NCHW view (rows padded unless pinned: pipeline/loader/layout.py)
             arrived[batch_id] = images.movedim(-1, -3), labels.pin_memory() if pin else labels
             del item, images, labels  # only the caller holds a batch: its slot is free once the caller drops it
             replaced += bad
@@ -181,7 +181,7 @@ class TrainLoader(_ShardLoader):
     epoch and fewer than world_size * batch_size samples are left out. The order depends on (seed,
     epoch, world_size, batch_size, num_workers, shuffle_window) only. A state saved mid-epoch with
     another world size, batch size or number of workers resumes with the epoch's untrained samples
-    dealt anew (pipeline/loader_deals.py): still no sample twice in the epoch.
+    dealt anew (pipeline/loader/deals.py): still no sample twice in the epoch.
 
     Every sample is checked against `<split>.index.parquet` (key at its position, label, and with
     `verify_checksums` the image's CRC32C): a sample that fails is an error naming shard and position,

@@ -23,10 +23,10 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.images import BadImage, decode_stored, process_image
-from pipeline.sources import Input, read_source
-from pipeline.shard_tar import ShardTarWriter
-from pipeline.stats import PixelMoments, empty_moments
+from pipeline.shard.images import BadImage, decode_stored, process_image
+from pipeline.shard.sources import Input, read_source
+from pipeline.shard.tar_writer import ShardTarWriter
+from pipeline.shard.stats import PixelMoments, empty_moments
 
 # 2: the index holds a CRC32C of every stored image (`crc32c`); the manifest no longer has `created`
 FORMAT_VERSION = 2

@@ -16,7 +16,7 @@ import stat
 import pyarrow.fs as pafs
 
 from pipeline import storage
-from pipeline.images import BadImage
+from pipeline.shard.images import BadImage
 
 def read_local_file(path: str) -> bytes:
     """Opened without blocking (a FIFO named x.JPEG would otherwise wait forever for a writer), then

@@ -2,7 +2,7 @@
 
 Layouts:
 - class folders: `SRC/<synset>/<file>` (train, or a val folder already sorted into classes);
-- a flat folder plus a label file (`pipeline.labels`): `SRC/ILSVRC2012_val_00000001.JPEG` ...;
+- a flat folder plus a label file (`pipeline.shard.labels`): `SRC/ILSVRC2012_val_00000001.JPEG` ...;
 - the train tar of per-class tars (`ILSVRC2012_img_train.tar` holding `n01440764.tar` ...), local or a
   URL. One streaming pass over the tar headers records where each image's bytes sit in the outer file
   (outer member's data offset + inner member's data offset); shard tasks then read just those byte
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.scan_rules import HIDDEN, list_remote, read_local_file, skip_entry, walk_local
+from pipeline.shard.scan_rules import HIDDEN, list_remote, read_local_file, skip_entry, walk_local
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
