@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as error:
             print(f"alexnet {args.command}: error: {error}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as interrupt:  # its text, if any, says how to continue
+            print(f"alexnet {args.command}: interrupted" + (f"; {interrupt}" if str(interrupt) else ""),
+                  file=sys.stderr)
             return 130
     except BrokenPipeError:  # `alexnet ... | head`: the reader has all it wanted
         # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail too

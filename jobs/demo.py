@@ -42,6 +42,7 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
                             keep_checkpoints=1, log_every_steps=5, seed=seed, deterministic=False)
 
     from jobs.demo_report import write_report
+    from pipeline.ray_instance import own_ray
     from pipeline.shard.job import shard_split
     from trainer.evaluate import evaluate_checkpoint
     from trainer.launch import train
@@ -53,11 +54,11 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
 
     _step("shard: train and val splits as WebDataset shards, one Ray task per shard")
     shard_size = max(8, inputs["train_count"] // 8)  # several shards, so loaders and tasks have work to split
-    shard_split(src=inputs["train"], out=data, split="train", classes=inputs["classes"],
-                shard_size=shard_size, seed=seed, address=address)
-    shard_split(src=inputs["val"], out=data, split="val", labels=inputs["labels"],
-                shard_size=max(8, shard_size // 4), seed=seed, address=address)
-    _disconnect_ray()
+    with own_ray(address, include_dashboard=False):  # one instance for both splits; training starts its own
+        shard_split(src=inputs["train"], out=data, split="train", classes=inputs["classes"],
+                    shard_size=shard_size, seed=seed)
+        shard_split(src=inputs["val"], out=data, split="val", labels=inputs["labels"],
+                    shard_size=max(8, shard_size // 4), seed=seed)
     timings["shard"] = time.monotonic() - started - sum(timings.values())
 
     _step(f"train: AlexNet at width {width}, up to {epochs} epochs, plateau schedule, checkpoints")
@@ -102,14 +103,6 @@ def _inputs(out_dir: Path, images: str | None, classes: int, train_per_class: in
     _step(f"data: {count} training images from {train_dir}")
     return {"train": str(train_dir), "val": str(val_dir), "labels": str(labels) if labels.is_file() else None,
             "classes": None, "train_count": count}
-
-
-def _disconnect_ray() -> None:
-    """Training starts its own Ray connection (as `alexnet train` does); hand this one back first."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def _step(text: str) -> None:

@@ -62,7 +62,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     from trainer import checkpoint as ckpt
     from trainer.model import AlexNet, default_devices
 
-    state = ckpt.load(checkpoint)
+    scored = ckpt.resolve_location(checkpoint)  # a run folder means its best copy: say which file is scored
+    state = ckpt.load(scored)
     config = state["config"]
     manifest = read_manifest(data, split)
     _check_classes(state, manifest, data, split)
@@ -76,12 +77,14 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     result = errors_from_totals(eval_totals(model, loader, transform, devices[0], ten_crop))
     # "epoch": the epochs the checkpoint had finished, i.e. the number (from 1, as in metrics.jsonl)
     # of the last one; an end-of-epoch checkpoint, such as the best, is that epoch's
-    result.update(checkpoint=str(checkpoint), data=data, split=split, crops=10 if ten_crop else 1,
+    result.update(checkpoint=scored, data=data, split=split, crops=10 if ten_crop else 1,
                   epoch=state["epoch"], step=state["step"])
     if as_json:
         print(json.dumps(result))
     else:
-        print(f"{split}: {result['samples']} images, {result['crops']} crop(s): top-1 error "
+        print(f"checkpoint {scored} (epoch {result['epoch']}, step {result['step']})")
+        crops = "1 crop" if result["crops"] == 1 else f"{result['crops']} crops"
+        print(f"{split}: {result['samples']} images, {crops}: top-1 error "
               f"{result['top1_error']:.4f}, top-5 error {result['top5_error']:.4f}, loss {result['loss']:.4f}")
     sys.stdout.flush()
     return 0

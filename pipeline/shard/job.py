@@ -20,6 +20,7 @@ from importlib.metadata import version
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.ray_instance import own_ray
 from pipeline.shard.images import CHROMA_SUBSAMPLING
 from pipeline.shard.labels import check_class_names, read_class_list, read_labels
 from pipeline.shard.progress import Progress, plural
@@ -40,6 +41,9 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
                 custom_split: bool = False) -> int:
     """Shard one split; returns the exit status (0: split finished, manifest written)."""
     _check_flags(split, shard_size, size, quality, max_skip_fraction, max_in_flight, custom_split)
+    # Ray tasks run in another working directory: relative paths are this command's, fixed here
+    src, out = storage.absolute(src), storage.absolute(out)
+    labels, synset_map, classes = (storage.absolute(p) if p else p for p in (labels, synset_map, classes))
     if chroma not in CHROMA_SUBSAMPLING:
         raise UserError(f"--chroma {chroma}: use one of {', '.join(CHROMA_SUBSAMPLING)}")
     started = time.monotonic()
@@ -163,10 +167,25 @@ def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: di
     dataset), each retried by Ray on failure; records come back in shard order."""
     import ray
 
-    if not ray.is_initialized():
-        # No dashboard for an instance started here: it lives as long as this command, and its processes
-        # cost more CPU than the driver does (benchmarks/bench_shard.py). Ignored when connecting to a cluster.
-        ray.init(address=address, logging_level="WARNING", configure_logging=True, include_dashboard=False)
+    if ray.is_initialized():  # the caller's connection (the demo's, a benchmark's)
+        return _shard_tasks_on_ray(out, split, plan, label_of, progress, size=size, quality=quality,
+                                   chroma=chroma, max_in_flight=max_in_flight)
+    # No dashboard for an instance started here: it lives as long as this command, and its processes
+    # cost more CPU than the driver does (benchmarks/bench_shard.py). Ignored when connecting to a cluster.
+    try:
+        with own_ray(address, include_dashboard=False):
+            return _shard_tasks_on_ray(out, split, plan, label_of, progress, size=size, quality=quality,
+                                       chroma=chroma, max_in_flight=max_in_flight)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finished shards in {out} are kept: give the same command again to "
+                                "continue") from None
+
+
+def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int],
+                        progress: Progress, *, size: int, quality: int, chroma: str,
+                        max_in_flight: int | None) -> list[dict]:
+    import ray
+
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(write_shard)
     records: list[dict | None] = [None] * len(plan)
