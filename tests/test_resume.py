@@ -60,6 +60,23 @@ def test_repair_drops_an_unreadable_latest_checkpoint(how, reference, tmp_path):
     assert resume.repair_run(run_dir) == []  # a sound run folder is left alone
 
 
+def test_repair_removes_checkpoint_folders_ray_train_never_registered(reference, tmp_path):
+    """Uploaded, but the run stopped before the controller registered them: one whole, one cut off."""
+    from ray.train import Result
+
+    run_dir = tmp_path / "reference"
+    shutil.copytree(reference, run_dir)
+    shutil.copytree(run_dir / "checkpoint-00000014", run_dir / "checkpoint-00000016")
+    (run_dir / "checkpoint-00000015").mkdir()
+    (run_dir / "checkpoint-00000015" / "checkpoint.pt").write_bytes(b"PK\x03\x04 half an upload")
+    said = []
+    assert resume.repair_run(str(run_dir), log=said.append) == ["checkpoint-00000015", "checkpoint-00000016"]
+    assert len(said) == 2 and all("written but never registered with Ray Train" in line for line in said)
+    assert checkpoint_names(str(run_dir)) == ["checkpoint-00000012", "checkpoint-00000014"]
+    assert listed(str(run_dir)) == (["checkpoint-00000012", "checkpoint-00000014"], "checkpoint-00000014")
+    assert Result.from_path(str(run_dir)).checkpoint.path.endswith("checkpoint-00000014")
+
+
 def test_user_errors_stop_at_once_in_one_line(small_dataset, ray_head, tiny_config, tmp_path):
     runs = str(tmp_path / "runs")
     for flag, message in ((["--set", "variant=vgg"], "variant='vgg' is not a model variant"),
