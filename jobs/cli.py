@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, storage_error_in, storage_error_text
 
 
 def _shard(args: argparse.Namespace) -> int:
@@ -291,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.handler(args) or 0)
         except UserError as error:
             print(f"alexnet {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:  # the command's own process met a full disk, a missing permission, ...
+            cause = storage_error_in(error)
+            if cause is None:
+                raise
+            print(f"alexnet {args.command}: error: {storage_error_text(cause, 'the output')}; what was "
+                  "finished is kept: free space (or fix the permissions) and give the same command again "
+                  "to continue", file=sys.stderr)
             return 2
         except KeyboardInterrupt as interrupt:  # its text, if any, says how to continue
             print(f"alexnet {args.command}: interrupted" + (f"; {interrupt}" if str(interrupt) else ""),

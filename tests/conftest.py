@@ -311,3 +311,22 @@ def reference(small_dataset, ray_head, tiny_config, tmp_path_factory) -> str:
     result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
     assert '"workers": 2' in result.stdout  # the resolved config is printed at the start
     return str(runs / "reference")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A folder on a tmpfs of 256 KiB (`resize_disk` changes it); skipped where this user may not mount
+    one (root, or CAP_SYS_ADMIN, is needed). A file-size rlimit on a whole command breaks Ray's own
+    start-up, so a real small filesystem it is."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"needs a small tmpfs (`mount -t tmpfs`, as root): {made.stderr.strip() or made.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def resize_disk(mount: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True, capture_output=True)

@@ -89,6 +89,7 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
             cause = failures.user_error_in(error)
             if cause is None:
                 raise
+            resume.remove_unregistered(run_dir)  # e.g. a checkpoint cut off by a full disk
             raise UserError(f"the run stopped at its first attempt: {failures.one_line(cause)}") from None
         finally:
             if waiting:

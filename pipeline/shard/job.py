@@ -19,7 +19,7 @@ import time
 from importlib.metadata import version
 
 from pipeline import storage
-from pipeline.errors import UserError
+from pipeline.errors import UserError, storage_error_in, storage_error_text
 from pipeline.ray_instance import own_ray
 from pipeline.shard.images import CHROMA_SUBSAMPLING
 from pipeline.shard.labels import check_class_names, read_class_list, read_labels
@@ -187,12 +187,13 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     import ray
 
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(write_shard)
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_write_shard_once_for_storage_errors)
     records: list[dict | None] = [None] * len(plan)
     pending: dict = {}
     next_shard = 0
+    storage_error = None
     while next_shard < len(plan) or pending:
-        while next_shard < len(plan) and len(pending) < limit:
+        while next_shard < len(plan) and len(pending) < limit and storage_error is None:
             samples = [(item, label_of[item.synset]) for item in plan[next_shard]]
             ref = task.remote(out, split, next_shard, samples, size=size, quality=quality, chroma=chroma,
                               with_stats=split == TRAIN)
@@ -209,10 +210,29 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
                     cause += " (install alexnet-ray on every Ray node, or run it with `alexnet submit`)"
                 raise UserError(f"shard {index} of split {split!r} failed after retries: {cause}. Finished "
                                 "shards are kept: rerun the same command to continue") from None
+            if "storage_error" in record:  # no new task; those in flight end (and clean up) first
+                storage_error = storage_error or f"shard {index} of split {split!r}: {record['storage_error']}"
+                continue
             record["rows"] = rows_table(record["rows"])
             records[index] = record
             progress.update(len(plan[index]))
+    if storage_error:
+        raise UserError(f"{storage_error}. Finished shards are kept and no partial one is left: free space "
+                        "(or fix the permissions) and give the same command again to continue")
     return records  # type: ignore[return-value]
+
+
+def _write_shard_once_for_storage_errors(out: str, *args, **kwargs) -> dict:
+    """The shard task: `write_shard`, except that an error no retry can cure (a full disk, no permission,
+    a read-only mount) comes back as {"storage_error": one line} instead of being retried 3 times by Ray,
+    a traceback each. write_shard deletes its temporary file on the way out."""
+    try:
+        return write_shard(out, *args, **kwargs)
+    except OSError as error:
+        cause = storage_error_in(error)
+        if cause is None:
+            raise
+        return {"storage_error": storage_error_text(cause, out)}
 
 
 def _finish(out: str, split: str, src: str, config: dict, class_list: list[tuple[str, str]],
