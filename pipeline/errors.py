@@ -34,5 +34,5 @@ def storage_error_in(error: BaseException | None) -> OSError | None:
 
 def storage_error_text(error: OSError, where: str) -> str:
     """One line naming the location and the cause, e.g. 'no space left on device: /data/out'."""
-    cause = (error.strerror or str(error)).lower()
+    cause = os.strerror(error.errno).lower() if error.errno else str(error).lower()
     return f"{cause}: {error.filename or where}"

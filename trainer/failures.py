@@ -16,6 +16,9 @@ from ray.train import UserCallback
 from pipeline.errors import UserError, storage_error_in, storage_error_text
 
 
+RUN_FOLDER = "the run folder"  # where a storage error happened when it names no file (the driver knows which)
+
+
 class NotRetried(Exception):
     """A worker's UserError, carried out of the controller."""
 
@@ -40,7 +43,7 @@ def user_error_in(error: BaseException | None) -> UserError | NotRetried | None:
             return error
         storage_error = storage_error_in(error)
         if storage_error is not None:
-            return UserError(f"{storage_error_text(storage_error, 'the run folder')}; the checkpoints "
+            return UserError(f"{storage_error_text(storage_error, RUN_FOLDER)}; the checkpoints "
                              "registered so far are kept: free space (or fix the permissions) and give the "
                              "same command again to continue from the last one")
         inner = [getattr(error, name, None) for name in ("_base_exc", "controller_failure", "cause")]

@@ -90,7 +90,8 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
             if cause is None:
                 raise
             resume.remove_unregistered(run_dir)  # e.g. a checkpoint cut off by a full disk
-            raise UserError(f"the run stopped at its first attempt: {failures.one_line(cause)}") from None
+            where = failures.one_line(cause).replace(failures.RUN_FOLDER, run_dir)  # a storage error's location
+            raise UserError(f"the run stopped at its first attempt: {where}") from None
         finally:
             if waiting:
                 waiting.set()
