@@ -120,6 +120,7 @@ def plot_run(run_dir: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
     if not epochs:
@@ -138,6 +139,7 @@ def plot_run(run_dir: str) -> list[str]:
             ax.axvline(epoch + 0.5, color="grey", linestyle="--", linewidth=1,
                        label="lr / 10" if i == 0 else None)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, even in a 2-epoch run
         ax.set_ylabel("cross-entropy" if name == "loss" else "error (0-1)")
         ax.set_title(f"{name} — {run_dir.rstrip('/').rsplit('/', 1)[-1]}")
         ax.grid(alpha=0.3)

@@ -51,6 +51,7 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
     scan = find_inputs(src, labels_map)
     inputs = scan.inputs[:limit] if limit is not None else scan.inputs
     class_list = _class_list(out, split, classes, scan, inputs)
+    _warn_if_train_source(out, split, src)
     label_of = {synset: index for index, (synset, _) in enumerate(class_list)}
     unknown = sorted({item.synset for item in inputs} - label_of.keys())
     if unknown:
@@ -116,15 +117,32 @@ def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: l
         return read_class_list(classes)
     if split == TRAIN:
         synsets = sorted(set(scan.class_folders or ()) | {item.synset for item in inputs})
-        empty = sorted(set(synsets) - {item.synset for item in inputs})
+        empty = sorted(set(synsets) - {item.synset for item in scan.inputs})  # empty folders, not --limit's
         for warning in check_class_names(synsets, empty):
             print(f"warning: {warning}", file=sys.stderr)
+        left_out = len(set(synsets) - set(empty) - {item.synset for item in inputs})
+        if left_out:
+            print(f"warning: --limit {len(inputs)}: {plural(left_out, 'class', 'classes')} of {len(synsets)} get no "
+                  "samples (their inputs come after the first ones); kept as classes so indices do not shift",
+                  file=sys.stderr)
         return [(synset, "") for synset in synsets]
     if not storage.exists(manifest_location(out, TRAIN)):
         raise UserError(f"split {split!r} takes its class indices from the train split: shard the train split "
                         f"into {out} first, or give a class list with --classes")
     manifest = read_manifest(out, TRAIN)
     return [(c["synset"], c.get("name", "")) for c in manifest["classes"]]
+
+
+def _warn_if_train_source(out: str, split: str, src: str) -> None:
+    """The train split's own input given again for another split: its samples would be scored as unseen."""
+    location = manifest_location(out, TRAIN)
+    if split == TRAIN or not storage.exists(location):
+        return
+    train_source = read_manifest(out, TRAIN).get("source", "").rstrip("/")
+    inside = [a for a, b in ((src, train_source), (train_source, src)) if a == b or a.startswith(b.rstrip("/") + "/")]
+    if train_source and inside:
+        print(f"warning: {src} is (or overlaps) {train_source}, which the train split in {out} was made from: "
+              f"a {split} split should hold images training never sees", file=sys.stderr)
 
 
 def _digest(value) -> str:
