@@ -1,5 +1,5 @@
 """The code's shape, read statically (ast, no imports run): no import circles among the project's modules,
-no function in trainer/ with more parameters than a reader can hold."""
+no import running back up the layers, no function in trainer/ with more parameters than a reader can hold."""
 
 from __future__ import annotations
 
@@ -85,6 +85,15 @@ def test_no_import_circles_among_the_project_modules():
     graph = {name: imports(path, name, set(files)) for name, path in files.items()}
     assert len(graph) > 40 and graph["jobs.cli"] >= {"jobs.parser"}  # the graph was read
     assert cycles(graph) == [], "modules that import each other in a circle"
+
+
+def test_imports_never_run_back_up_the_layers():
+    """cluster -> jobs -> trainer -> pipeline (README "How the code is laid out")."""
+    layer = {"pipeline": 0, "trainer": 1, "jobs": 2, "cluster": 3}
+    files = module_files()
+    upward = sorted(f"{name} -> {other}" for name, path in files.items() for other in imports(path, name, set(files))
+                    if layer[other.split(".")[0]] > layer[name.split(".")[0]])
+    assert upward == []
 
 
 def test_no_trainer_function_takes_more_than_eight_parameters():
