@@ -17,6 +17,11 @@ from trainer.config import TrainConfig
 from trainer.state import CheckpointMismatch, RunState
 
 CPU = (torch.device("cpu"), torch.device("cpu"))
+# what trainer/loop.py's checkpoints held before the run state existed: they must still load unchanged;
+# a new key means a registration, and either `optional=True` or a new checkpoint.FORMAT
+FORMAT_1 = {"format", "model", "optimizer", "schedule", "epoch", "step", "epoch_step", "loader", "rng",
+            "train_totals", "audit", "config", "history", "finished", "num_classes", "classes", "stats",
+            "world_size"}
 
 
 def config(data: str, **overrides) -> TrainConfig:
@@ -59,6 +64,7 @@ def saved(small_dataset) -> dict:
     train_batches(run, 3)
     state, share = run.checkpoint(finished=False, share="checkpoint-00000003")
     assert share == "checkpoint-00000003" and state["epoch_step"] == 3
+    assert set(state) == FORMAT_1 and state["format"] == ckpt.FORMAT == 1
     return torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True)
 
 
