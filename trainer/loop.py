@@ -33,7 +33,7 @@ from trainer.evaluate import errors_from_totals, eval_totals
 from trainer.ranks import gather, mean_over_ranks, sum_over_ranks
 from trainer.report import MetricsLog, TensorBoardLog
 from trainer.resume import folder_name, load_newest_readable, unused_checkpoint_name
-from trainer.state import RunState, lr_after_resize  # noqa: F401 (lr_after_resize: the elastic tests' import)
+from trainer.state import RunState
 
 
 def train_worker(params: dict) -> None:
