@@ -5,7 +5,7 @@ Every piece of state that must survive a restart is registered once, in `RunStat
 checkpoint key it is saved as:
 
     self.track("schedule", self.schedule)                      # one value for the run (rank 0's)
-    self.track_per_rank("loader", self.loader, resize=...)     # one value per rank, gathered at a save
+    self.track_per_rank("rng", save, load, resize)             # one value per rank, gathered at a save
 
 An object registered there needs `state_dict()` / `load_state_dict(state)` (`track_attribute` serves a
 plain attribute such as a counter). `checkpoint()` writes exactly the registered parts and the records
@@ -102,14 +102,12 @@ class RunState:
         self.track_attribute("epoch")
         self.track_attribute("step")
         self.track_attribute("history", copy=list)
-        self.track_per_rank(Part("loader", self.loader.state_dict, self.loader.load_state_dict,
-                                 resize=self._resize_loader))
-        self.track_per_rank(Part("rng", lambda: ckpt.capture_rng(self.generator),
-                                 lambda state: ckpt.restore_rng(state, self.generator), resize=self._reseed))
-        self.track_per_rank(Part("train_totals", lambda: self.train_totals.cpu(), self._load_totals,
-                                 resize=self._join_totals))
-        self.track_per_rank(Part("audit", self.audit.state_dict, self.audit.load_state_dict,
-                                 resize=self._close_audits, optional=True))
+        self.track_per_rank("loader", self.loader.state_dict, self.loader.load_state_dict, self._resize_loader)
+        self.track_per_rank("rng", lambda: ckpt.capture_rng(self.generator),
+                            lambda state: ckpt.restore_rng(state, self.generator), self._reseed)
+        self.track_per_rank("train_totals", lambda: self.train_totals.cpu(), self._load_totals, self._join_totals)
+        self.track_per_rank("audit", self.audit.state_dict, self.audit.load_state_dict, self._close_audits,
+                            optional=True)
 
     # --- registration ---
     def track(self, name: str, component: Any, save: Callable[[], Any] | None = None,
@@ -123,16 +121,15 @@ class RunState:
         self._add(Part(name, lambda: copy(getattr(self, name)), lambda value: setattr(self, name, copy(value)),
                        optional=optional))
 
-    def track_per_rank(self, part: Part) -> None:
-        """A part every rank has its own value of; `part.resize` is required (what another world size does)."""
-        if part.resize is None:
-            raise ValueError(f"per-rank part {part.name!r} needs a resize function")
-        part.per_rank = True
-        self._add(part)
+    def track_per_rank(self, name: str, save: Callable[[], Any], load: Callable[[Any], None],
+                       resize: Callable[[list], None], optional: bool = False) -> None:
+        """A part every rank has its own value of, gathered at a save; `resize` continues the old ranks'
+        values (in rank order) when the checkpoint was written by another number of ranks."""
+        self._add(Part(name, save, load, per_rank=True, resize=resize, optional=optional))
 
     def _add(self, part: Part) -> None:
         if part.name in self.parts or part.name in RECORDS:
-            raise ValueError(f"checkpoint key {part.name!r} is registered twice")
+            raise ValueError(f"checkpoint key {part.name!r} is taken (registered twice, or one of RECORDS)")
         self.parts[part.name] = part
 
     # --- save ---
