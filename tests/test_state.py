@@ -14,6 +14,7 @@ import torch
 
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
+from trainer.failures import user_error_in
 from trainer.state import CheckpointMismatch, RunState
 
 CPU = (torch.device("cpu"), torch.device("cpu"))
@@ -86,8 +87,9 @@ def test_a_checkpoint_the_state_would_not_restore_exactly_is_refused_naming_the_
     state = dict(saved)
     change(state)
     run = RunState(config(small_dataset), 0, 1, CPU)
-    with pytest.raises(CheckpointMismatch, match=f"checkpoint-00000003: {named}"):
+    with pytest.raises(CheckpointMismatch, match=f"checkpoint-00000003: {named}") as refused:
         run.restore(state, "checkpoint-00000003")
+    assert user_error_in(refused.value) is refused.value  # so Ray Train does not retry it (trainer/failures.py)
     assert run.step == 0 and run.loader.batches == 0  # refused before anything was restored
 
 
