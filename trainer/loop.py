@@ -116,6 +116,7 @@ def train_worker(params: dict) -> None:
             if last_batch:
                 break
 
+        # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
         pause.maybe(run.step, "validate")
         val = errors_from_totals(sum_over_ranks(
             eval_totals(model, EvalLoader(config.data, config.eval_batch_size, rank=rank, world_size=world,
