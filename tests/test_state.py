@@ -94,20 +94,23 @@ def test_a_checkpoint_the_state_would_not_restore_exactly_is_refused_naming_the_
 
 
 def test_a_newly_registered_part_is_saved_restored_and_demanded(small_dataset, saved):
-    """How a new piece of state joins (issue 25's GradScaler or warmup counter): one registration."""
-    run = RunState(config(small_dataset), 0, 1, CPU)
-    run.warmup_steps = 0
-    run.track_attribute("warmup_steps")
-    with pytest.raises(CheckpointMismatch, match="lacks warmup_steps"):  # a checkpoint from before it
+    """How a new piece of state joins (issue 25's GradScaler and warmup counter): one registration each."""
+    def with_new_parts(scale: float) -> RunState:
+        run = RunState(config(small_dataset), 0, 1, CPU)
+        run.scaler, run.warmup_steps = torch.amp.GradScaler("cpu", init_scale=scale), 0
+        run.track("scaler", run.scaler)
+        run.track_attribute("warmup_steps")
+        return run
+
+    run = with_new_parts(1024.0)
+    with pytest.raises(CheckpointMismatch, match="lacks scaler, warmup_steps"):  # a checkpoint from before
         run.restore(saved, "checkpoint-00000003")
     run.warmup_steps = 17
     state, _ = run.checkpoint(finished=False)
-    assert state["warmup_steps"] == 17
-    fresh = RunState(config(small_dataset), 0, 1, CPU)
-    fresh.warmup_steps = 0
-    fresh.track_attribute("warmup_steps")
+    state = torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True)
+    fresh = with_new_parts(65536.0)
     fresh.restore(state, "new")
-    assert fresh.warmup_steps == 17
+    assert fresh.warmup_steps == 17 and fresh.scaler.get_scale() == 1024.0
     with pytest.raises(ValueError, match="registered twice"):
         fresh.track_attribute("warmup_steps")
 
