@@ -158,11 +158,13 @@ class RunState:
             raise CheckpointMismatch(f"{source}: {'; '.join(problems)} (a resume would not be exact)")
 
     def restore(self, checkpoint: dict, source: str) -> None:
-        """Continue from a checkpoint: shared parts first, then each rank's own (or, written by another
-        number of ranks, the old ranks' values through each part's resize)."""
+        """Continue from a checkpoint: shared parts first (a resize reseeds from the restored step), then
+        each rank's own (or, written by another number of ranks, the old ranks' values through each
+        part's resize)."""
         self.check(checkpoint, source)
         old_world = checkpoint["world_size"]
-        for name, part in self.parts.items():
+        for part in sorted(self.parts.values(), key=lambda part: part.per_rank):  # stable: registration order
+            name = part.name
             if name not in checkpoint:
                 continue
             if not part.per_rank:
