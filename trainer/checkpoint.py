@@ -193,9 +193,14 @@ def _unreadable(path: str, why: object) -> UserError:
     return UserError(f"{path} is not a readable checkpoint: {why}".splitlines()[0])
 
 
+# what this file's readers need beyond a resume (`alexnet eval`, the demo's report); what a resume
+# needs is the run state's business (trainer/state.py), which refuses a checkpoint lacking any of it
+READERS_NEED = {"model", "config", "num_classes", "classes", "stats"}
+
+
 def build(**parts: Any) -> dict:
-    missing = {"model", "optimizer", "schedule", "epoch", "step", "loader", "rng", "config", "history",
-               "num_classes", "classes", "stats", "world_size"} - parts.keys()
+    """A checkpoint's contents with its format number."""
+    missing = READERS_NEED - parts.keys()
     if missing:
         raise ValueError(f"checkpoint parts missing: {sorted(missing)}")
     return {"format": FORMAT, **parts}
