@@ -53,6 +53,8 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     with own_ray(address, {"env_vars": _forwarded_env()}):
         needed = dataclasses.replace(config, workers=config.fewest_workers)  # what the run needs to start
         waiting_for = resources.check(needed)  # raises if the cluster can never hold the run
+        if waiting_for:  # before anything is written or deleted: a wait that times out leaves nothing behind
+            resources.wait_for_nodes(needed, waiting_for)
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
         else:
@@ -78,7 +80,6 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        waiting = resources.wait_reporter(needed, waiting_for) if waiting_for else None
         try:
             with ConsoleProgress(run_dir, config.epochs):
                 result = trainer.fit()
@@ -87,9 +88,6 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
             if cause is None:
                 raise
             raise UserError(f"the run stopped at its first attempt: {failures.one_line(cause)}") from None
-        finally:
-            if waiting:
-                waiting.set()
     if result.error is not None:
         raise result.error
     try:
