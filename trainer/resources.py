@@ -20,8 +20,8 @@ from pipeline.errors import UserError
 from trainer.config import TrainConfig
 
 WAIT_REPORT_SECONDS = 10.0
-PUBLISH_HINT = (" and publishes no autoscaling limits (if it autoscales, run `python -m cluster.limits "
-                "AUTOSCALER_CONFIG` on its head, as cluster/aws.yaml does)")
+PUBLISH_HINT = (", publishes no autoscaling limits and reports no autoscaler (`ray status` would show one); if "
+                "it autoscales, run `python -m cluster.limits AUTOSCALER_CONFIG` on its head, as cluster/aws.yaml does")
 
 
 def worker_request(config: TrainConfig) -> dict[str, float]:
