@@ -71,7 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.launch import train
 
     config = resolve_config(args.config, args.set, data=args.data, name=args.name, storage=args.storage,
-                            workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+                            workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                            wait_timeout=args.wait_timeout)
     return train(config, address=args.address, fresh=args.fresh)
 
 
