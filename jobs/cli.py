@@ -6,6 +6,9 @@
     alexnet train --data OUT --name RUN        # Ray Train job (local Ray, or --address)
     alexnet eval --checkpoint CKPT --data OUT  # top-1 / top-5 error, centre or ten crops
     alexnet plot RUN                           # loss / error curves of a run
+    alexnet predict CKPT photo.jpg DIR/ URL    # top-5 classes of photos
+    alexnet export CKPT OUT                    # the network for use without this project
+    alexnet neighbours CKPT --data OUT         # the paper's Figure 4 (Ray tasks over the shards)
     alexnet submit -- train ...                # the same commands as Ray jobs on a cluster
     alexnet jobs list|status|logs|stop         # manage submitted jobs
     alexnet demo --out DIR                     # the whole system on a small dataset, one machine
@@ -184,6 +187,58 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_plot)
 
 
+# --- the trained network in use (trainer/predict.py, trainer/export.py, trainer/neighbours.py) ---
+
+def _predict(args: argparse.Namespace) -> int:
+    from trainer.predict import predict
+
+    return predict(args.checkpoint, args.inputs, ten_crop=args.ten_crop, as_json=args.json)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainer.export import export
+
+    return export(args.checkpoint, args.out)
+
+
+def _neighbours(args: argparse.Namespace) -> int:
+    from trainer.neighbours import neighbours
+
+    return neighbours(args.checkpoint, args.data, out=args.out, queries=args.queries, keys=args.key,
+                      seed=args.seed, address=args.address, batch_size=args.batch_size)
+
+
+def _add_in_use(sub: argparse._SubParsersAction) -> None:
+    """`alexnet predict`, `alexnet export`, `alexnet neighbours`."""
+    checkpoint_help = "checkpoint.pt, a checkpoint folder, or a run folder (its best checkpoint); local or URL"
+    p = sub.add_parser("predict", help="the top-5 classes of images, prepared as the sharder and eval prepare theirs")
+    p.add_argument("checkpoint", help=checkpoint_help)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|URL", help="image files, folders of them, "
+                   "object-store or http(s) URLs")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's ten patches, softmax averaged")
+    p.add_argument("--json", action="store_true", help="print one JSON object (top-5 and logits per image)")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("export", help="a folder that runs the network without this project: "
+                       "weights, classes, preprocessing, torch.export program")
+    p.add_argument("checkpoint", help=checkpoint_help)
+    p.add_argument("out", help="output folder (created; must not hold an export already)")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("neighbours", help="the paper's Figure 4: fc7 features of every training image "
+                       "(Ray tasks), the 6 nearest to validation queries, figure4.png/json")
+    p.add_argument("checkpoint", help=checkpoint_help)
+    p.add_argument("--data", required=True, help="dataset folder or URL with train and val splits")
+    p.add_argument("--out", help="folder or URL for features and figure (default: RUN/neighbours)")
+    p.add_argument("--queries", type=int, default=8, help="validation images drawn as queries (default 8)")
+    p.add_argument("--key", action="append", default=[], metavar="[SPLIT/]KEY",
+                   help="a query by its sample key (val unless prefixed, e.g. train/KEY); repeatable")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    p.set_defaults(handler=_neighbours)
+
+
 def _submit(args: argparse.Namespace) -> int:
     from jobs.submit import submit
 
@@ -277,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard(sub)
     _add_model(sub)
     _add_training(sub)
+    _add_in_use(sub)
     _add_cluster_jobs(sub)
     for name, command in sub.choices.items():  # a command's --help opens with its one-line help
         if command.description is None:
