@@ -41,6 +41,7 @@ def eval_probabilities(checkpoint: str, dataset: str, ten_crop: bool) -> np.ndar
                                                       num_workers=0)]).numpy()
 
 
+@pytest.mark.slow
 def test_predict_gives_eval_probabilities_and_names_a_bad_file(reference, small_dataset, tmp_path):
     samples = val_sources(small_dataset)
     picked = [0, 13, 27]  # three shards

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -36,15 +37,14 @@ def read_samples(dataset: str, shard_name: str, total: int, positions: list[int]
     where = storage.join(dataset, shard_name)
     wanted = set(positions) if positions is not None else None
     start, stop = (min(wanted), max(wanted) + 1) if wanted else (0, total)
+    # a local shard is mapped (left to the garbage collector, as the loader does: members are views of
+    # it until the caller has copied them); a URL is streamed
     source = map_file(where) if not storage.is_url(where) else storage.open_input(where)
-    try:
+    with source if storage.is_url(where) else nullcontext():
         for position, key, members in iter_samples(source, where, start, stop,
                                                    total=total if stop == total else None):
             if wanted is None or position in wanted:
                 yield key, int(bytes(members["cls"])), bytes(members["jpg"])
-    finally:
-        if hasattr(source, "close"):
-            source.close()
 
 
 @torch.no_grad()
