@@ -268,7 +268,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     """`alexnet submit`, `alexnet jobs`, `alexnet demo` (jobs/)."""
     address_help = "the cluster's dashboard URL, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)"
-    p = sub.add_parser("submit", help="run shard / train / eval as a Ray job on a cluster",
+    p = sub.add_parser("submit", help="run shard / train / eval / neighbours as a Ray job on a cluster",
                        description="Upload this project and run `alexnet COMMAND ARGS` as a Ray job. "
                        "Token auth: set RAY_AUTH_TOKEN. Exit status: 0 succeeded, the job's exit status "
                        "when it failed, 3 when it was stopped.")
@@ -276,7 +276,7 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     p.add_argument("--gpus", type=float, default=0,
                    help="GPUs for the job's driver process, where `eval` computes (default 0; e.g. 2)")
-    p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- shard|train|eval ARGS",
+    p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- shard|train|eval|neighbours ARGS",
                    help="the command the job runs, as you would give it to `alexnet`")
     p.set_defaults(handler=_submit)
 

@@ -73,7 +73,7 @@ def test_killed_figure4_job_resumes_and_finds_the_exact_neighbours(reference, sm
 
     # two tasks ran at once on the head's 2 CPUs, in different worker processes
     shards = result["shards"]
-    overlapping = [(a, b) for a in shards for b in shards if a["worker"] != b["worker"]
+    overlapping = [(a, b) for a in shards for b in shards if a["pid"] != b["pid"]
                    and a["started"] < b["finished"] and b["started"] < a["finished"]]
     assert overlapping, shards
 

@@ -85,7 +85,7 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
     result = run_cli("submit", "--", "inspect", "out/", check=False, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == ("alexnet submit: error: `inspect` cannot run as a job: a job runs one of "
-                                     "shard, train, eval; run `alexnet inspect` here instead")
+                                     "shard, train, eval, neighbours; run `alexnet inspect` here instead")
     result = run_cli("submit", "--", check=False, timeout=60)
     assert result.returncode == 2 and "give the job's command after `--`" in result.stderr
 

@@ -75,13 +75,20 @@ def shard_features(dataset: str, shard_name: str, total: int, network: dict, fol
     transform = BatchTransform(network["stats"], pca_std=0.0)
     keys, labels, jpegs = zip(*read_samples(dataset, shard_name, total)) if total else ((), (), ())
     features = fc7_of_jpegs(model, transform, list(jpegs), network["config"]["crop"], batch_size)
-    record = {"shard": shard_name, "samples": len(keys), "device": device,
-              "worker": f"{socket.gethostname()}:{os.getpid()}", "started": started, "finished": time.time()}
+    record = {"shard": shard_name, "samples": len(keys), "device": device, "node": _node(), "pid": os.getpid(),
+              "started": started, "finished": time.time()}
     buffer = io.BytesIO()
     np.savez(buffer, keys=np.array(keys, dtype=str), labels=np.array(labels, dtype=np.int32), features=features,
              **{name: np.array(value) for name, value in record.items()})
     storage.write_bytes_atomic(feature_location(folder, shard_name), buffer.getvalue())
     return record
+
+
+def _node() -> str:
+    """The Ray node this runs on (its id), or the host name outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
 
 
 def read_features(location: str) -> dict:

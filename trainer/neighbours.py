@@ -114,7 +114,7 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
     records = []
     for shard in shards:
         part = read_features(feature_location(folder, shard["name"]))
-        records.append({name: part[name].item() for name in ("shard", "samples", "device", "worker",
+        records.append({name: part[name].item() for name in ("shard", "samples", "device", "node", "pid",
                                                              "started", "finished")})
     return records
 
