@@ -3,7 +3,6 @@ after its first feature shard, the same command again, and everything checked on
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess

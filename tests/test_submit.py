@@ -80,6 +80,8 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
     assert result.returncode == 2 and "--address" in result.stderr
     result = run_cli("submit", "--address", "http://127.0.0.1:1", "--", "shard", "a", "b", check=False)
     assert result.returncode == 2 and "--split" in result.stderr  # parsed locally, never submitted
+    result = run_cli("submit", "--address", "http://127.0.0.1:1", "--", "neighbours", "runs/r", check=False)
+    assert result.returncode == 2 and "--data" in result.stderr  # a job command, its arguments checked here
     result = run_cli("submit", "--", "summary", check=False, timeout=60)
     assert result.returncode == 2 and "shard, train, eval" in result.stderr
     result = run_cli("submit", "--", "inspect", "out/", check=False, timeout=60)

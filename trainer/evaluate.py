@@ -114,7 +114,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     model, state = load_model(checkpoint, devices)
     config = state["config"]
     manifest = read_manifest(data, split)
-    _check_classes(state, manifest, data, split)
+    check_classes(state, manifest, data, split)
     transform = BatchTransform(state["stats"], pca_std=0.0)
     loader = EvalLoader(data, batch_size, ten_crop=ten_crop, split=split, crop=config["crop"],
                         num_workers=num_workers, pin_memory=devices[0].startswith("cuda"))
@@ -132,7 +132,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     return 0
 
 
-def _check_classes(state: dict, manifest: dict, data: str, split: str) -> None:
+def check_classes(state: dict, manifest: dict, data: str, split: str) -> None:
     from pipeline.errors import UserError
 
     ours = [c["synset"] for c in state["classes"]]

@@ -31,12 +31,12 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
                batch_size: int = 64) -> int:
     from pipeline.shard.manifest import read_manifest
     from trainer import checkpoint as ckpt
-    from trainer.evaluate import _check_classes
+    from trainer.evaluate import check_classes
     from trainer.report import draw_figure4
 
     state = ckpt.load(checkpoint)
     train = read_manifest(data, "train")
-    _check_classes(state, train, data, "train")
+    check_classes(state, train, data, "train")
     out = out or default_out(checkpoint)
     if not storage.is_url(out):
         out = os.path.abspath(out)  # Ray tasks may run in another working directory

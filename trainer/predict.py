@@ -43,10 +43,12 @@ class StoredImageRule:
         crop = int(state["config"]["crop"])
         try:
             manifest = read_manifest(state["config"]["data"], "train")
-        except (UserError, OSError) as error:
-            print(f"note: the run's dataset is not readable here ({str(error).splitlines()[0]}); "
-                  f"images are stored the sharder's default way", file=sys.stderr)
-            return cls(crop=crop)
+        except (UserError, OSError):
+            rule = cls(crop=crop)
+            print(f"note: the run's dataset {state['config']['data']} has no readable train manifest here; "
+                  f"images are stored the sharder's default way ({rule.image_size} pixels, JPEG quality "
+                  f"{rule.jpeg_quality}, chroma {rule.chroma_subsampling})", file=sys.stderr)
+            return rule
         return cls(int(manifest["image_size"]), int(manifest["jpeg_quality"]),
                    manifest.get("chroma_subsampling", "420"), crop)
 
