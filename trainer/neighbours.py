@@ -29,6 +29,7 @@ DIGEST_CHARS = 16
 def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: int = 8,
                keys: list[str] | None = None, seed: int = 0, address: str | None = None,
                batch_size: int = 64) -> int:
+    """The whole job (module docstring); everything it writes goes under `out` (default RUN/neighbours)."""
     from pipeline.shard.manifest import read_manifest
     from trainer import checkpoint as ckpt
     from trainer.evaluate import check_classes
