@@ -3,6 +3,9 @@
 Ten-crop: the four corner patches, the centre one and their reflections; the model's softmax is
 averaged over the ten and the average is scored (top-1 / top-5 error, and the cross-entropy of the
 averaged probabilities). Every validation sample is seen exactly once across ranks (EvalLoader).
+`alexnet predict` and `alexnet export` reuse the crops (`eval_crops`), the model call (`crop_logits`) and
+the model's loading (`load_model`) from here, the Figure 4 features the crops and the loading, so all of
+them see an image alike.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ TOTALS = ("loss_sum", "top1_correct", "top5_correct", "count")
 def crop_logits(model: torch.nn.Module, images: torch.Tensor, transform) -> torch.Tensor:
     """uint8 [B, 3, H, W] (one crop) or [B, n, 3, H, W] (ten crops) -> float logits [B, n, classes].
 
-    The one place a batch of evaluation crops meets the model: `alexnet eval`, `alexnet predict` and
-    the Figure 4 features all go through it, so they score an image identically.
+    The one place a batch of evaluation crops meets the model: `alexnet eval` and `alexnet predict`
+    both go through it, so they score an image identically.
     """
     crops = images if images.dim() == 5 else images[:, None]
     b, n = crops.shape[:2]
