@@ -77,7 +77,6 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
     _step("neighbours: fc7 vectors of every training image (Ray tasks), 6 nearest to 8 val images (Figure 4)")
     neighbours(run_dir, data, out=str(out_dir / "neighbours"), queries=min(8, result["samples"]), seed=seed,
                address=address, batch_size=batch_size)
-    _disconnect_ray()
     timings["neighbours"] = time.monotonic() - started - sum(timings.values())
 
     report = write_report(out_dir, run_dir, data, result, timings)

@@ -111,13 +111,15 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     from pipeline.loader.augment import BatchTransform
     from pipeline.loader.loaders import EvalLoader
     from pipeline.shard.manifest import read_manifest
+    from trainer import checkpoint as ckpt
     from trainer.model import default_devices
 
-    devices = default_devices()
-    model, state = load_model(checkpoint, devices)
+    state = ckpt.load(checkpoint)
     config = state["config"]
     manifest = read_manifest(data, split)
     check_classes(state, manifest, data, split)
+    devices = default_devices()
+    model = build_model(state, devices)
     transform = BatchTransform(state["stats"], pca_std=0.0)
     loader = EvalLoader(data, batch_size, ten_crop=ten_crop, split=split, crop=config["crop"],
                         num_workers=num_workers, pin_memory=devices[0].startswith("cuda"))

@@ -83,14 +83,17 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
     """The feature file of every training shard, computing only the missing ones; their records."""
     import ray
 
-    from trainer.features import feature_location, read_features, shard_features
+    from trainer.features import feature_location, shard_features
 
     shards = train["shards"]
     missing = [s for s in shards if not storage.exists(feature_location(folder, s["name"]))]
     print(f"features: {len(shards) - len(missing)} of {len(shards)} shards already done in {folder}", flush=True)
-    if missing:
-        if not ray.is_initialized():
-            ray.init(address=ray_address(address), logging_level="WARNING", include_dashboard=False)
+    if not missing:
+        return _records(folder, shards)
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        ray.init(address=ray_address(address), logging_level="WARNING", include_dashboard=False)
+    try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
                           scheduling_strategy="SPREAD")(shard_features)
@@ -112,6 +115,16 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
                                     "feature files are kept: rerun the same command to continue") from None
             print(f"features: {len(missing) - len(queue) - len(pending)} of {len(missing)} shards computed",
                   flush=True)
+    finally:
+        if connected_here:  # an instance started here ends with the job; a caller's connection stays
+            ray.shutdown()
+    return _records(folder, shards)
+
+
+def _records(folder: str, shards: list[dict]) -> list[dict]:
+    """Who computed each feature file, and when (figure4.json's "shards")."""
+    from trainer.features import feature_location, read_features
+
     records = []
     for shard in shards:
         part = read_features(feature_location(folder, shard["name"]))
