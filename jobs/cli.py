@@ -6,6 +6,9 @@
     alexnet train --data OUT --name RUN        # Ray Train job (local Ray, or --address)
     alexnet eval --checkpoint CKPT --data OUT  # top-1 / top-5 error, centre or ten crops
     alexnet plot RUN                           # loss / error curves of a run
+    alexnet predict CKPT photo.jpg DIR/ URL    # top-5 classes of photos
+    alexnet export CKPT OUT                    # the network for use without this project
+    alexnet neighbours CKPT --data OUT         # the paper's Figure 4 (Ray tasks over the shards)
     alexnet submit -- train ...                # the same commands as Ray jobs on a cluster
     alexnet jobs list|status|logs|stop         # manage submitted jobs
     alexnet demo --out DIR                     # the whole system on a small dataset, one machine
@@ -91,6 +94,27 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the trained network in use (trainer/predict.py, trainer/export.py, trainer/neighbours.py) ---
+
+def _predict(args: argparse.Namespace) -> int:
+    from trainer.predict import predict
+
+    return predict(args.checkpoint, args.inputs, ten_crop=args.ten_crop, as_json=args.json)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainer.export import export
+
+    return export(args.checkpoint, args.out)
+
+
+def _neighbours(args: argparse.Namespace) -> int:
+    from trainer.neighbours import neighbours
+
+    return neighbours(args.checkpoint, args.data, out=args.out, queries=args.queries, keys=args.key,
+                      seed=args.seed, address=args.address, batch_size=args.batch_size)
+
+
 def _submit(args: argparse.Namespace) -> int:
     from jobs.submit import submit
 
@@ -119,7 +143,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 # each command's handler, by the name the parser gives it
 HANDLERS = {"shard": _shard, "inspect": _inspect, "summary": _summary, "train": _train, "eval": _eval,
-            "plot": _plot, "submit": _submit, "jobs": _jobs, "demo": _demo}
+            "plot": _plot, "predict": _predict, "export": _export, "neighbours": _neighbours,
+            "submit": _submit, "jobs": _jobs, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

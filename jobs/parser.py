@@ -106,10 +106,39 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder (STORAGE/NAME), local or URL")
 
 
+def _add_in_use(sub: argparse._SubParsersAction) -> None:
+    """`alexnet predict`, `alexnet export`, `alexnet neighbours`."""
+    checkpoint_help = "checkpoint.pt, a checkpoint folder, or a run folder (its best checkpoint); local or URL"
+    p = sub.add_parser("predict", help="the top-5 classes of images, prepared as the sharder and eval prepare theirs")
+    p.add_argument("checkpoint", help=checkpoint_help)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|URL", help="image files, folders of them, "
+                   "object-store or http(s) URLs")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's ten patches, softmax averaged")
+    p.add_argument("--json", action="store_true", help="print one JSON object (top-5 and logits per image)")
+
+    p = sub.add_parser("export", help="a folder that runs the network without this project: "
+                       "weights, classes, preprocessing, torch.export program")
+    p.add_argument("checkpoint", help=checkpoint_help)
+    p.add_argument("out", help="output folder (created; must not hold an export already)")
+
+    p = sub.add_parser("neighbours", help="the paper's Figure 4: fc7 features of every training image "
+                       "(Ray tasks), the 6 nearest to validation queries, figure4.png/json")
+    p.add_argument("checkpoint", help=checkpoint_help)
+    p.add_argument("--data", required=True, help="dataset folder or URL with train and val splits")
+    p.add_argument("--out", help="folder or URL for features and figure (default: RUN/neighbours)")
+    p.add_argument("--queries", type=int, default=8, help="validation images drawn as queries (default 8)")
+    p.add_argument("--key", action="append", default=[], metavar="[SPLIT/]KEY",
+                   help="a query by its sample key (val unless prefixed, e.g. train/KEY); repeatable")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+
+
+
 def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     """`alexnet submit`, `alexnet jobs`, `alexnet demo` (jobs/)."""
     address_help = "the cluster's dashboard URL, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)"
-    p = sub.add_parser("submit", help="run shard / train / eval as a Ray job on a cluster",
+    p = sub.add_parser("submit", help="run shard / train / eval / neighbours as a Ray job on a cluster",
                        description="Upload this project and run `alexnet COMMAND ARGS` as a Ray job. "
                        "Token auth: set RAY_AUTH_TOKEN. Exit status: 0 succeeded, the job's exit status "
                        "when it failed, 3 when it was stopped.")
@@ -117,7 +146,7 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     p.add_argument("--gpus", type=float, default=0,
                    help="GPUs for the job's driver process, where `eval` computes (default 0; e.g. 2)")
-    p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- shard|train|eval ARGS",
+    p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- shard|train|eval|neighbours ARGS",
                    help="the command the job runs, as you would give it to `alexnet`")
 
     p = sub.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
@@ -170,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard(sub)
     _add_model(sub)
     _add_training(sub)
+    _add_in_use(sub)
     _add_cluster_jobs(sub)
     for name, command in sub.choices.items():  # a command's --help opens with its one-line help
         if command.description is None:

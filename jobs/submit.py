@@ -1,4 +1,4 @@
-"""`alexnet submit -- shard|train|eval ARGS...`: the same CLI command, run as a Ray job on a cluster.
+"""`alexnet submit -- shard|train|eval|neighbours ARGS...`: the same CLI command, run as a Ray job on a cluster.
 
 The job's entrypoint is `python -m jobs.cli <command> <args>` inside the uploaded project folder, so the
 cluster runs exactly the code path `alexnet <command>` runs locally, from the code the user has checked
@@ -25,8 +25,8 @@ from jobs.parser import build_parser
 from jobs.package import build_zip, project_root
 from pipeline.errors import UserError
 
-COMMANDS = ("shard", "train", "eval")
-LOCAL_ONLY = ("inspect", "summary", "plot", "demo", "jobs", "submit")
+COMMANDS = ("shard", "train", "eval", "neighbours")
+LOCAL_ONLY = ("inspect", "summary", "plot", "predict", "export", "demo", "jobs", "submit")
 
 
 def submit(command_args: list[str], address: str | None = None, wait: bool = True, gpus: float = 0) -> int:
@@ -52,8 +52,8 @@ def submit(command_args: list[str], address: str | None = None, wait: bool = Tru
         package = build_zip(project_root(), Path(scratch) / "alexnet-project.zip")
         job_id = f"alexnet-{command_args[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         entrypoint = shlex.join(["python", "-m", "jobs.cli", *command_args])
-        # The driver runs `alexnet <command>` itself: shard and train only coordinate Ray tasks and
-        # workers, but eval computes in it, so `--gpus` places the driver on a GPU node.
+        # The driver runs `alexnet <command>` itself: shard, train and neighbours mostly coordinate Ray
+        # tasks and workers, but eval computes in it, so `--gpus` places the driver on a GPU node.
         _submit_with_retry(client, entrypoint=entrypoint, submission_id=job_id,
                            runtime_env={"working_dir": str(package)},
                            metadata={"alexnet_command": command_args[0]},
