@@ -85,6 +85,9 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
 
     from trainer.features import feature_location, shard_features
 
+    for name in storage.list_names(folder):  # what a task killed mid-write left (never renamed)
+        if name.startswith(".") and name.endswith(".tmp"):
+            storage.delete(storage.join(folder, name))
     shards = train["shards"]
     missing = [s for s in shards if not storage.exists(feature_location(folder, s["name"]))]
     print(f"features: {len(shards) - len(missing)} of {len(shards)} shards already done in {folder}", flush=True)
