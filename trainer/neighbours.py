@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.ray_instance import own_ray
 
 NEIGHBOURS = 6  # the paper's six training images per query
 DIGEST_CHARS = 16
@@ -72,12 +74,6 @@ def default_out(checkpoint: str) -> str:
     return storage.join(path.rsplit("/", 2)[0], "neighbours")
 
 
-def ray_address(address: str | None) -> str:
-    """--address, else RAY_ADDRESS, else a private local instance (DESIGN.md "Ray instances").
-    TODO(issue 23): use the project's one function for this once it lands."""
-    return address or os.environ.get("RAY_ADDRESS") or "local"
-
-
 def compute_features(data: str, train: dict, network: dict, folder: str, *, address: str | None,
                      batch_size: int) -> list[dict]:
     """The feature file of every training shard, computing only the missing ones; their records."""
@@ -93,10 +89,8 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
     print(f"features: {len(shards) - len(missing)} of {len(shards)} shards already done in {folder}", flush=True)
     if not missing:
         return _records(folder, shards)
-    connected_here = not ray.is_initialized()
-    if connected_here:
-        ray.init(address=ray_address(address), logging_level="WARNING", include_dashboard=False)
-    try:
+    # a caller's connection (the demo's) is used as it is; else the instance the user named, or a private one
+    with own_ray(address, include_dashboard=False) if not ray.is_initialized() else contextlib.nullcontext():
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
                           scheduling_strategy="SPREAD")(shard_features)
@@ -118,9 +112,6 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
                                     "feature files are kept: rerun the same command to continue") from None
             print(f"features: {len(missing) - len(queue) - len(pending)} of {len(missing)} shards computed",
                   flush=True)
-    finally:
-        if connected_here:  # an instance started here ends with the job; a caller's connection stays
-            ray.shutdown()
     return _records(folder, shards)
 
 
