@@ -1,7 +1,8 @@
 """README.md's Python examples run, so they cannot rot: every ```python block's imports execute, and the
 blocks listed in RUNNABLE run whole on the small test dataset, with the few names a reader supplies
 (rank, device, the dataset folder) substituted. A new block gets its imports checked at once; make it
-runnable by adding its substitutions here."""
+runnable by adding its substitutions here. Its map of the code ("How the code is laid out") names
+every module of pipeline/, trainer/ and jobs/, and no module that is gone."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 # the block's first line -> (text in the block -> what the test runs instead); every text must be there
 RUNNABLE = {
@@ -53,3 +55,30 @@ def test_readme_block_runs(first, small_dataset):
     exec(compile(block, "README.md", "exec"), names)
     if "checkpoint" in block:  # the loaders' example: one epoch went by, its position saved
         assert names["checkpoint"]["loader"]["epoch"] == 89 and names["x"].dtype.is_floating_point
+
+
+def mapped_paths() -> set[str]:
+    """The files the README's map names: two spaces of indent per folder level, names before the text."""
+    text = README.read_text()
+    section = text[text.index("## How the code is laid out"):]
+    tree = re.findall(r"^```\n(.*?)^```", section, re.S | re.M)[1]  # the first block is the data flow
+    folders, paths = [], set()
+    for line in tree.splitlines():
+        depth = (len(line) - len(line.lstrip())) // 2
+        names = re.split(r"\s{2,}", line.strip())[0]
+        folders = folders[:depth]
+        for name in names.split(", "):
+            if name.endswith("/"):
+                folders.append(name)
+            else:
+                paths.add("".join(folders) + name)
+    return paths
+
+
+def test_the_readme_map_names_every_module():
+    modules = {str(path.relative_to(ROOT)) for package in ("pipeline", "trainer", "jobs")
+               for path in (ROOT / package).rglob("*.py") if path.name != "__init__.py"}
+    mapped = {path for path in mapped_paths() if path.split("/")[0] in ("pipeline", "trainer", "jobs")}
+    assert "trainer/state.py" in mapped and "pipeline/loader/plan.py" in mapped  # the map was read
+    assert sorted(modules - mapped) == [], "modules the README's map does not name"
+    assert sorted(mapped - modules) == [], "the README's map names modules that are gone"
