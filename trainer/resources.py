@@ -14,6 +14,7 @@ limits. Every wait ends after `wait_timeout` seconds with one line naming what n
 
 from __future__ import annotations
 
+import math
 import time
 
 from pipeline.errors import UserError
@@ -72,7 +73,9 @@ def wait_for_nodes(config: TrainConfig, reason: str) -> None:
     group = placement_group([worker_request(config)] * config.workers, strategy="PACK")
     print(f"alexnet train: waiting for nodes: {reason}", flush=True)
     try:
-        while not group.wait(timeout_seconds=min(WAIT_REPORT_SECONDS, max(timeout - (time.monotonic() - started), 0))):
+        # Ray waits whole seconds (a fraction is 0: no wait at all), so each wait is 1 to 10 s
+        while not group.wait(timeout_seconds=max(1, math.ceil(min(WAIT_REPORT_SECONDS,
+                                                                  timeout - (time.monotonic() - started))))):
             waited = time.monotonic() - started
             if waited >= timeout:
                 raise UserError(f"gave up after waiting {waited:.0f} s (wait_timeout) for nodes that never came: "
