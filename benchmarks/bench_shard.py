@@ -175,7 +175,7 @@ def job_run(src: str, out: str, cpus: int, queue) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")  # never a found one
 
     @ray.remote(num_cpus=1)
     def warm():

@@ -121,6 +121,15 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     logs = run_cli("jobs", "logs", job_id, "--address", cluster.dashboard_url, timeout=60).stdout
     assert logs.strip() and logs.strip() in log  # the streamed output is the job's log
 
+    # Figure 4 as a job: feature files and figure on S3 beside the run, the shards' tasks over several nodes
+    log = _succeeded(_submit(cluster, "neighbours", run_dir, "--data", data, "--queries", "2"))
+    assert "features: 8 of 8 shards computed" in log, log[-3000:]
+    figure = json.loads(storage.read_bytes(f"{run_dir}/neighbours/figure4.json"))
+    assert len(figure["queries"]) == 2 and all(len(q["neighbours"]) == 6 for q in figure["queries"])
+    assert figure["features"].startswith(f"{run_dir}/neighbours/features-")
+    assert len({shard["node"] for shard in figure["shards"]}) >= 2, figure["shards"]
+    assert storage.read_bytes(f"{run_dir}/neighbours/figure4.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_without_published_limits_a_request_that_never_fits_ends_at_the_wait_timeout(
         cluster, small_dataset, tiny_config, tmp_path):
