@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tracemalloc
 
 import numpy as np
@@ -13,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.loader.index import _shard_numbers
 from pipeline.shard.job import _inputs_digest
-from pipeline.shard.sources import Input, Source, assign_keys
+from pipeline.shard.sources import Input, Source, assign_keys, find_inputs, read_source
 
 
 def _peak(fn, *args):
@@ -61,3 +62,25 @@ def test_unique_stems_are_the_keys_in_one_pass():
     assert keys == [p.split("/")[1].split(".")[0] for p in paths]
     assert peak < 160 * len(paths)  # the stems and one count each (the key set and second pass were ~180 B/path)
     assert assign_keys(paths + ["x/n00000000_0.JPEG"])[-1] == "x_n00000000_0"
+
+
+def test_a_folder_scan_holds_one_path_string_a_file(tmp_path):
+    """A file found in a class folder is read from folder + its relative path, joined when read: the scan
+    keeps ~280 bytes an input instead of ~380 (~120 MB less at 1.28M inputs)."""
+    original = tmp_path / "image.JPEG"
+    original.write_bytes(b"\xff\xd8 not decoded by the scan")
+    tree = tmp_path / "train"
+    for c in range(20):
+        (tree / f"n{c:08d}").mkdir(parents=True)
+        for i in range(250):
+            os.link(original, tree / f"n{c:08d}" / f"n{c:08d}_{i}.JPEG")
+    tracemalloc.start()
+    try:
+        scan = find_inputs(str(tree))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(scan.inputs) == 5000 and held < 320 * 5000
+    item = scan.inputs[0]
+    assert item.source.member is item.path and item.source.file == str(tree / item.path)
+    assert read_source(item.source) == original.read_bytes()

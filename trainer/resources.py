@@ -4,8 +4,8 @@ A cluster started from `cluster/` has a head without CPUs for work and worker gr
 what is up at submit time says nothing. Where the cluster publishes its limits (Ray's ClusterConfig
 record, read with `ray._private.state.state.get_cluster_config()`, the source Ray Train's own worker
 group checks; `cluster/limits.py` publishes it for the clusters we define), a request is judged against
-the node types and their max counts: one that can never fit fails at once, one that fits is submitted
-and waits for its nodes. A cluster that publishes no limits but runs an autoscaler (one not defined
+the node types and their max counts: one that can never fit fails at once, one that fits waits for its
+nodes (wait_for_nodes), then starts. A cluster that publishes no limits but runs an autoscaler (one not defined
 here: neither Ray's autoscaler nor KubeRay's publishes them; trainer/autoscaler.py finds it where `ray
 status` does) is waited on too, saying that without limits "not yet" cannot be told from "never". One
 without an autoscaler keeps the immediate check against what is up, and the error says how to publish
@@ -14,6 +14,7 @@ limits. Every wait ends after `wait_timeout` seconds with one line naming what n
 
 from __future__ import annotations
 
+import math
 import time
 
 from pipeline.errors import UserError
@@ -72,7 +73,9 @@ def wait_for_nodes(config: TrainConfig, reason: str) -> None:
     group = placement_group([worker_request(config)] * config.workers, strategy="PACK")
     print(f"alexnet train: waiting for nodes: {reason}", flush=True)
     try:
-        while not group.wait(timeout_seconds=min(WAIT_REPORT_SECONDS, max(timeout - (time.monotonic() - started), 0))):
+        # Ray waits whole seconds (a fraction is 0: no wait at all), so each wait is 1 to 10 s
+        while not group.wait(timeout_seconds=max(1, math.ceil(min(WAIT_REPORT_SECONDS,
+                                                                  timeout - (time.monotonic() - started))))):
             waited = time.monotonic() - started
             if waited >= timeout:
                 raise UserError(f"gave up after waiting {waited:.0f} s (wait_timeout) for nodes that never came: "

@@ -8,7 +8,8 @@ Layouts:
   (outer member's data offset + inner member's data offset); shard tasks then read just those byte
   ranges, which works the same on a local disk and on object storage. Nothing is unpacked.
 
-A source is a `Source(location, offset, length)`: offset None means "the whole file".
+A source is a `Source(location, offset, length, member)`: offset None means "the whole file"; a file
+found in a folder is `member` (its relative path) of the folder `location`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    location: str  # local path or URL of the file that holds the bytes
+    location: str  # local path or URL of the file that holds the bytes, or of the folder holding `member`
     offset: int | None = None  # byte offset inside `location`; None: the whole file
     length: int | None = None
+    # a file under the folder `location`, relative with '/': the very string its Input's path is, joined
+    # only when read, so a scan holds one path string a file, not two (~130 MB at 1.28M files)
+    member: str | None = None
+
+    @property
+    def file(self) -> str:
+        """The file that holds the bytes."""
+        return self.location if self.member is None else storage.join(self.location, self.member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +56,8 @@ def read_source(source: Source) -> bytes:
     A local file that cannot be an image (not a regular file, a dangling symlink, a loop) is BadImage."""
     if source.offset is None:
         if storage.is_url(source.location):
-            return storage.read_bytes(source.location)
-        return read_local_file(source.location)
+            return storage.read_bytes(source.file)
+        return read_local_file(source.file)
     if not storage.is_url(source.location):
         with open(source.location, "rb") as f:
             f.seek(source.offset)
@@ -117,7 +126,7 @@ def _scan_folder(src: str, labels: dict[str, str] | None):
         # text file named .JPEG is found here and skipped later with its reason)
         skipped += [skip_entry(rel, "not inside a class folder (class folders label their images; "
                                "this file has none)") for rel in files if "/" not in rel]
-        found = [(rel, sys.intern(rel.split("/", 1)[0]), Source(storage.join(src, rel))) for rel in nested]
+        found = [(rel, sys.intern(rel.split("/", 1)[0]), Source(src, member=rel)) for rel in nested]
         return found, skipped, folders
     images = [rel for rel in files if rel.lower().endswith(IMAGE_SUFFIXES)]
     if images:
@@ -129,7 +138,7 @@ def _scan_folder(src: str, labels: dict[str, str] | None):
         if synset is None:
             unlabelled.append(rel)
         else:
-            found.append((rel, sys.intern(synset), Source(storage.join(src, rel))))
+            found.append((rel, sys.intern(synset), Source(src, member=rel)))
     if unlabelled:
         raise UserError(f"the label file has no entry for {len(unlabelled)} image(s) in {src}, "
                         f"e.g. {unlabelled[0]}")
