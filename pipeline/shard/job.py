@@ -210,6 +210,7 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     pending: dict = {}
     next_shard = 0
     storage_error = None
+    progress.begin_work()
     while next_shard < len(plan) or pending:
         while next_shard < len(plan) and len(pending) < limit and storage_error is None:
             samples = [(item, label_of[item.synset]) for item in plan[next_shard]]
@@ -232,8 +233,8 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
                 storage_error = storage_error or f"shard {index} of split {split!r}: {record['storage_error']}"
                 continue
             record["rows"] = rows_table(record["rows"])
+            progress.update(len(plan[index]), kept=record.pop("kept", False))
             records[index] = record
-            progress.update(len(plan[index]))
     if storage_error:
         raise UserError(f"{storage_error}. Finished shards are kept and no partial one is left: free space "
                         "(or fix the permissions) and give the same command again to continue")
