@@ -122,9 +122,9 @@ def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: l
             print(f"warning: {warning}", file=sys.stderr)
         left_out = len(set(synsets) - set(empty) - {item.synset for item in inputs})
         if left_out:
-            print(f"warning: --limit {len(inputs)}: {plural(left_out, 'class', 'classes')} of {len(synsets)} get no "
-                  "samples (their inputs come after the first ones); kept as classes so indices do not shift",
-                  file=sys.stderr)
+            print(f"warning: --limit {len(inputs)}: no samples for {plural(left_out, 'class', 'classes')} of "
+                  f"{len(synsets)} (their inputs come after the first {len(inputs)}); kept as classes so the "
+                  "indices do not shift", file=sys.stderr)
         return [(synset, "") for synset in synsets]
     if not storage.exists(manifest_location(out, TRAIN)):
         raise UserError(f"split {split!r} takes its class indices from the train split: shard the train split "
