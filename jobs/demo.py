@@ -5,7 +5,8 @@
 
 generate (or take) an ImageNet-shaped tree → `alexnet shard` (Ray tasks) for train and val → `alexnet
 train` (Ray Train, plateau schedule, checkpoints) on a reduced-width AlexNet → `alexnet eval --ten-crop`
-on the best checkpoint → report.md / report.json with curves and the first-layer filters per tower.
+on the best checkpoint → `alexnet neighbours` (the paper's Figure 4) → report.md / report.json with curves,
+the first-layer filters per tower and Figure 4.
 Each step calls the same function its CLI command calls; nothing here is a demo-only shortcut.
 """
 
@@ -47,6 +48,7 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
     from pipeline.shard.job import shard_split
     from trainer.evaluate import evaluate_checkpoint
     from trainer.launch import train
+    from trainer.neighbours import neighbours
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,11 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
         evaluate_checkpoint(run_dir, data, ten_crop=True, as_json=True, batch_size=batch_size, num_workers=1)
     result = json.loads(captured.getvalue().strip().splitlines()[-1])
     timings["eval"] = time.monotonic() - started - sum(timings.values())
+
+    _step("neighbours: fc7 vectors of every training image (Ray tasks), 6 nearest to 8 val images (Figure 4)")
+    neighbours(run_dir, data, out=str(out_dir / "neighbours"), queries=min(8, result["samples"]), seed=seed,
+               address=address, batch_size=batch_size)
+    timings["neighbours"] = time.monotonic() - started - sum(timings.values())
 
     report = write_report(out_dir, run_dir, data, result, timings)
     _step(f"done in {time.monotonic() - started:.0f} s: ten-crop top-1 error {report['top1_error']:.3f}, "

@@ -16,7 +16,7 @@ from pipeline.loader.loaders import TrainLoader
 from pipeline.loader.deals import Deal, close
 from pipeline.loader.plan import deal_size, rank_batch_positions, worker_plan
 from trainer.config import resolve_config
-from trainer.loop import lr_after_resize
+from trainer.state import lr_after_resize
 from trainer.schedule import PlateauSchedule
 
 

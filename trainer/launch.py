@@ -52,6 +52,8 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     with own_ray(address, _forwarded_env(), log_to_driver=True):
         needed = dataclasses.replace(config, workers=config.fewest_workers)  # what the run needs to start
         waiting_for = resources.check(needed)  # raises if the cluster can never hold the run
+        if waiting_for:  # before anything is written or deleted: a wait that times out leaves nothing behind
+            resources.wait_for_nodes(needed, waiting_for)
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
         else:
@@ -77,7 +79,6 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        waiting = resources.wait_reporter(needed, waiting_for) if waiting_for else None
         try:
             with ConsoleProgress(run_dir, config.epochs):
                 result = trainer.fit()
@@ -92,9 +93,6 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
             resume.remove_unregistered(run_dir)  # e.g. a checkpoint cut off by a full disk
             where = failures.one_line(cause).replace(failures.RUN_FOLDER, run_dir)  # a storage error's location
             raise UserError(f"the run stopped at its first attempt: {where}") from None
-        finally:
-            if waiting:
-                waiting.set()
     if result.error is not None:
         raise result.error
     resume.remove_unregistered(run_dir)  # an attempt Ray Train restarted may have left one
