@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.ray_instance import own_ray
 
 NEIGHBOURS = 6  # the paper's six training images per query
 DIGEST_CHARS = 16
@@ -72,53 +73,53 @@ def default_out(checkpoint: str) -> str:
     return storage.join(path.rsplit("/", 2)[0], "neighbours")
 
 
-def ray_address(address: str | None) -> str:
-    """--address, else RAY_ADDRESS, else a private local instance (DESIGN.md "Ray instances").
-    TODO(issue 23): use the project's one function for this once it lands."""
-    return address or os.environ.get("RAY_ADDRESS") or "local"
-
-
 def compute_features(data: str, train: dict, network: dict, folder: str, *, address: str | None,
                      batch_size: int) -> list[dict]:
     """The feature file of every training shard, computing only the missing ones; their records."""
     import ray
 
-    from trainer.features import feature_location, shard_features
+    from trainer.features import feature_location
 
     shards = train["shards"]
     missing = [s for s in shards if not storage.exists(feature_location(folder, s["name"]))]
     print(f"features: {len(shards) - len(missing)} of {len(shards)} shards already done in {folder}", flush=True)
     if not missing:
         return _records(folder, shards)
-    connected_here = not ray.is_initialized()
-    if connected_here:
-        ray.init(address=ray_address(address), logging_level="WARNING", include_dashboard=False)
-    try:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
-                          scheduling_strategy="SPREAD")(shard_features)
-        network_ref = ray.put(network)  # once into the object store, not once per task
-        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        pending, queue = {}, list(missing)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                shard = queue.pop(0)
-                pending[task.remote(data, shard["name"], shard["samples"], network_ref, folder, batch_size)] = shard
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                shard = pending.pop(ref)
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayError as error:
-                    cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                    raise UserError(f"features of {shard['name']} failed after retries: {cause}. Finished "
-                                    "feature files are kept: rerun the same command to continue") from None
-            print(f"features: {len(missing) - len(queue) - len(pending)} of {len(missing)} shards computed",
-                  flush=True)
-    finally:
-        if connected_here:  # an instance started here ends with the job; a caller's connection stays
-            ray.shutdown()
+    if ray.is_initialized():  # a caller's connection (the demo's) stays
+        _compute_missing(data, missing, network, folder, batch_size)
+    else:  # the instance pipeline/ray_instance.py picks, ended with the job
+        with own_ray(address, include_dashboard=False):
+            _compute_missing(data, missing, network, folder, batch_size)
     return _records(folder, shards)
+
+
+def _compute_missing(data: str, missing: list[dict], network: dict, folder: str, batch_size: int) -> None:
+    """One Ray task per missing shard, at most 2x CPUs in flight, on the connected instance."""
+    import ray
+
+    from trainer.features import shard_features
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
+                      scheduling_strategy="SPREAD")(shard_features)
+    network_ref = ray.put(network)  # once into the object store, not once per task
+    limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending, queue = {}, list(missing)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            shard = queue.pop(0)
+            pending[task.remote(data, shard["name"], shard["samples"], network_ref, folder, batch_size)] = shard
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            shard = pending.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                raise UserError(f"features of {shard['name']} failed after retries: {cause}. Finished "
+                                "feature files are kept: rerun the same command to continue") from None
+        print(f"features: {len(missing) - len(queue) - len(pending)} of {len(missing)} shards computed",
+              flush=True)
 
 
 def _records(folder: str, shards: list[dict]) -> list[dict]:
