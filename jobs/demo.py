@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 
 def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per_class: int = 100,
              val_per_class: int = 25, epochs: int = 10, width: float = 0.25, batch_size: int = 32,
-             lr: float = 0.005, seed: int = 0, address: str | None = None) -> int:
+             lr: float = 0.005, seed: int = 0, address: str | None = None, deterministic: bool = True) -> int:
     from jobs.synthetic import check_budget
     from trainer.config import resolve_config
 
@@ -40,7 +40,8 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
                             # and dropout 0.5 take several times more steps (README "## Demo").
                             width=width, positive_bias=0.1, dropout=0.0, patience=3, loader_workers=1,
                             checkpoint_every_steps=0,
-                            keep_checkpoints=1, log_every_steps=5, seed=seed, deterministic=False)
+                            # deterministic kernels: one seed, one result (README "## Demo": cost measured)
+                            keep_checkpoints=1, log_every_steps=5, seed=seed, deterministic=deterministic)
 
     from jobs.demo_report import write_report
     from pipeline.ray_instance import own_ray

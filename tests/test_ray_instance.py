@@ -35,17 +35,22 @@ def test_shard_beside_a_foreign_ray_keeps_to_its_own_instance_and_the_users_fold
     # no address and Ray's own auth default (the suite pins it off); its token goes to a home of its own
     no_address = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")},
                   "HOME": str(tmp_path / "home")}
-    command = subprocess.Popen(alexnet_cmd("shard", "images", "out", "--split", "train", "--shard-size", "4"),
+    command = subprocess.Popen(alexnet_cmd("shard", "images", "out", "--split", "train", "--shard-size", "4",
+                                           "--limit", "4"),  # the first two classes' images
                                cwd=user, env=no_address, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     console = command.communicate(timeout=300)[0]
     assert command.returncode == 0, console
-    assert json.loads((user / "out" / "train.manifest.json").read_text())["total_samples"] == 6
+    assert json.loads((user / "out" / "train.manifest.json").read_text())["total_samples"] == 4
+    assert ("warning: --limit 4: no samples for 1 class of 3 (their inputs come after the first 4)" in console
+            and "hold no input" not in console)  # no class folder is empty: --limit left it out
     assert "Token authentication" not in console  # a private instance needs no alarm
     assert (tmp_path / "home" / ".ray" / "auth_token").is_file()  # and has token auth, as by Ray's default
     # a named cluster started from another folder (the session's head, started from the repository): the
     # tasks run there, and still write where the user's relative path points
-    run_cli("shard", "images", "named", "--split", "train", "--shard-size", "4", "--address", ray_head,
-            cwd=user, timeout=300)
-    assert json.loads((user / "named" / "train.manifest.json").read_text())["total_samples"] == 6
+    named = run_cli("shard", "images", "out", "--split", "val", "--shard-size", "4", "--address", ray_head,
+                    cwd=user, timeout=300)
+    assert json.loads((user / "out" / "val.manifest.json").read_text())["total_samples"] == 6
+    # (and the val split given the train split's own folder is warned of)
+    assert f"warning: {user / 'images'} is (or overlaps) {user / 'images'}, which the train split" in named.stderr
     assert not (foreign_ray["cwd"] / "out").exists()
     assert command.pid not in drivers_of(foreign_ray["session"])  # it never joined the foreign head

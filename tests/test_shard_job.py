@@ -217,8 +217,15 @@ def test_killed_run_resumes_to_the_same_bytes_and_reruns_are_idempotent(tmp_path
     assert 3 <= done_at_kill < 16 and not (killed / "train.manifest.json").exists()
 
     (killed / ".train-000015.tar.k1ll3d.tmp").write_bytes(b"half a shard")  # a task killed mid-write
+    inspected = run_cli("inspect", killed, "--verify", check=False, timeout=60)
+    assert inspected.returncode == 1, inspected.stderr  # a leftover temporary file
+    assert f"verify: {done_at_kill} finished shards kept (size and sha256 match their records)" in inspected.stdout
+    assert "leftover temporary file .train-000015.tar.k1ll3d.tmp" in inspected.stdout
     result = run_cli("shard", src, killed, *args)
     assert "16 shards" in result.stdout
+    # the rate is this run's own work; the kept shards are said apart
+    assert f"({32 - 2 * done_at_kill} inputs in " in result.stdout, result.stdout
+    assert f"inputs/s; {done_at_kill} shards kept from an earlier run)" in result.stdout, result.stdout
     assert _shard_bytes(killed) == _shard_bytes(tmp_path / "a") and len(_shard_bytes(killed)) == 16
     assert (killed / "train.index.parquet").read_bytes() == (tmp_path / "a" / "train.index.parquet").read_bytes()
     assert read_stats(str(killed)) == read_stats(str(tmp_path / "a"))

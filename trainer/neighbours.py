@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -79,7 +78,7 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
     """The feature file of every training shard, computing only the missing ones; their records."""
     import ray
 
-    from trainer.features import feature_location, shard_features
+    from trainer.features import feature_location
 
     for name in storage.list_names(folder):  # what a task killed mid-write left (never renamed)
         if name.startswith(".") and name.endswith(".tmp"):
@@ -89,30 +88,41 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
     print(f"features: {len(shards) - len(missing)} of {len(shards)} shards already done in {folder}", flush=True)
     if not missing:
         return _records(folder, shards)
-    # a caller's connection (the demo's) is used as it is; else the instance the user named, or a private one
-    with own_ray(address, include_dashboard=False) if not ray.is_initialized() else contextlib.nullcontext():
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
-                          scheduling_strategy="SPREAD")(shard_features)
-        network_ref = ray.put(network)  # once into the object store, not once per task
-        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        pending, queue = {}, list(missing)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                shard = queue.pop(0)
-                pending[task.remote(data, shard["name"], shard["samples"], network_ref, folder, batch_size)] = shard
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                shard = pending.pop(ref)
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayError as error:
-                    cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                    raise UserError(f"features of {shard['name']} failed after retries: {cause}. Finished "
-                                    "feature files are kept: rerun the same command to continue") from None
-            print(f"features: {len(missing) - len(queue) - len(pending)} of {len(missing)} shards computed",
-                  flush=True)
+    if ray.is_initialized():  # a caller's connection (the demo's) stays
+        _compute_missing(data, missing, network, folder, batch_size)
+    else:  # the instance pipeline/ray_instance.py picks, ended with the job
+        with own_ray(address, include_dashboard=False):
+            _compute_missing(data, missing, network, folder, batch_size)
     return _records(folder, shards)
+
+
+def _compute_missing(data: str, missing: list[dict], network: dict, folder: str, batch_size: int) -> None:
+    """One Ray task per missing shard, at most 2x CPUs in flight, on the connected instance."""
+    import ray
+
+    from trainer.features import shard_features
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
+                      scheduling_strategy="SPREAD")(shard_features)
+    network_ref = ray.put(network)  # once into the object store, not once per task
+    limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending, queue = {}, list(missing)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            shard = queue.pop(0)
+            pending[task.remote(data, shard["name"], shard["samples"], network_ref, folder, batch_size)] = shard
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            shard = pending.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                raise UserError(f"features of {shard['name']} failed after retries: {cause}. Finished "
+                                "feature files are kept: rerun the same command to continue") from None
+        print(f"features: {len(missing) - len(queue) - len(pending)} of {len(missing)} shards computed",
+              flush=True)
 
 
 def _records(folder: str, shards: list[dict]) -> list[dict]:

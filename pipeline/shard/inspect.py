@@ -12,7 +12,8 @@ from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader.index import SampleIndex
 from pipeline.loader.tar_reader import ShardReadError, iter_samples, map_file
-from pipeline.shard.manifest import PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries
+from pipeline.shard.manifest import (PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries,
+                                     valid_record)
 from pipeline.shard.stats import STATS_FILE, read_stats
 
 
@@ -62,10 +63,11 @@ def inspect_dataset(dataset: str, verify: bool = False, as_json: bool = False) -
         raise UserError(f"{dataset} is not a folder (or URL) written by `alexnet shard`")
     splits = find_splits(dataset)
     unfinished = [name for name in _progress_splits(dataset) if name not in splits]
-    if not splits:
-        hint = f" (unfinished: {', '.join(unfinished)}; rerun its `alexnet shard` command)" if unfinished else ""
-        raise UserError(f"{dataset} holds no finished split: no <split>.manifest.json{hint}")
+    if not splits and not unfinished:
+        raise UserError(f"{dataset} holds no finished split: no <split>.manifest.json")
     report: dict = {"dataset": dataset, "splits": {}, "unfinished": unfinished}
+    if verify:  # what a killed run kept: its finished shards, checked against their records
+        report["unfinished_shards"] = {name: kept_shards(dataset, name) for name in unfinished}
     status = 0
     for split in splits:
         manifest = read_manifest(dataset, split)
@@ -90,6 +92,15 @@ def inspect_dataset(dataset: str, verify: bool = False, as_json: bool = False) -
     else:
         _print_report(report, verify)
     return status
+
+
+def kept_shards(dataset: str, split: str) -> dict:
+    """An unfinished split's shards with a record: {"kept": names that match it, "bad": names that do
+    not (the rerun writes those again)}."""
+    names = sorted(n[:-len(".json")] for n in storage.list_names(progress_location(dataset, split))
+                   if n.endswith(".tar.json"))
+    kept = [name for name in names if valid_record(dataset, split, name) is not None]
+    return {"kept": kept, "bad": [name for name in names if name not in kept]}
 
 
 def _progress_splits(dataset: str) -> list[str]:
@@ -128,6 +139,13 @@ def _print_report(report: dict, verify: bool) -> None:
               "removes it)")
     for split in report["unfinished"]:
         print(f"  {split}: unfinished (rerun its `alexnet shard` command to complete it)")
+        if verify:
+            shards = report["unfinished_shards"][split]
+            print(f"    verify: {len(shards['kept'])} finished shard{'s' if len(shards['kept']) != 1 else ''} "
+                  "kept (size and sha256 match their records)"
+                  + (f"; {', '.join(shards['bad'])} will be written again" if shards["bad"] else ""))
+    if verify and not report.get("temporaries"):
+        print("  no leftover temporary files")
     if "stats" in report:
         s = report["stats"]
         fmt = lambda values: "(" + ", ".join(f"{v:.2f}" for v in values) + ")"  # noqa: E731

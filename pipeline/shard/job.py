@@ -122,9 +122,9 @@ def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: l
             print(f"warning: {warning}", file=sys.stderr)
         left_out = len(set(synsets) - set(empty) - {item.synset for item in inputs})
         if left_out:
-            print(f"warning: --limit {len(inputs)}: {plural(left_out, 'class', 'classes')} of {len(synsets)} get no "
-                  "samples (their inputs come after the first ones); kept as classes so indices do not shift",
-                  file=sys.stderr)
+            print(f"warning: --limit {len(inputs)}: no samples for {plural(left_out, 'class', 'classes')} of "
+                  f"{len(synsets)} (their inputs come after the first {len(inputs)}); kept as classes so the "
+                  "indices do not shift", file=sys.stderr)
         return [(synset, "") for synset in synsets]
     if not storage.exists(manifest_location(out, TRAIN)):
         raise UserError(f"split {split!r} takes its class indices from the train split: shard the train split "
@@ -221,6 +221,7 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     pending: dict = {}
     next_shard = 0
     storage_error = None
+    progress.begin_work()
     while next_shard < len(plan) or pending:
         while next_shard < len(plan) and len(pending) < limit and storage_error is None:
             samples = [(item, label_of[item.synset]) for item in plan[next_shard]]
@@ -243,8 +244,8 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
                 storage_error = storage_error or f"shard {index} of split {split!r}: {record['storage_error']}"
                 continue
             record["rows"] = rows_table(record["rows"])
+            progress.update(len(plan[index]), kept=record.pop("kept", False))
             records[index] = record
-            progress.update(len(plan[index]))
     if storage_error:
         raise UserError(f"{storage_error}. Finished shards are kept and no partial one is left: free space "
                         "(or fix the permissions) and give the same command again to continue")

@@ -61,9 +61,9 @@ def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Inpu
     """Write one shard (or reuse it when its record proves it complete); return its record."""
     name = shard_name(split, shard_index)
     location = storage.join(out, name)
-    existing = _valid_record(out, split, name)
+    existing = valid_record(out, split, name)
     if existing is not None:
-        return existing
+        return {**existing, "kept": True}
     rows, skipped, moments = [], [], PixelMoments()
     stored = np.empty(size * size * 3, dtype=np.uint8)  # each stored image is decoded here for the statistics
     folder = None if storage.is_url(out) else os.path.abspath(out)
@@ -122,7 +122,7 @@ def sha256_of(location: str) -> str:
     return digest.hexdigest()
 
 
-def _valid_record(out: str, split: str, name: str) -> dict | None:
+def valid_record(out: str, split: str, name: str) -> dict | None:
     """The shard's record when the shard on storage matches it in size and sha256, else None."""
     record_location = progress_location(out, split, f"{name}.json")
     shard_location = storage.join(out, name)
