@@ -5,6 +5,7 @@ Contents (DESIGN.md "Checkpoints and runs"), every value a tensor, number, strin
     model           the model's state_dict, device-agnostic (CPU tensors)
     optimizer       PaperSGD's state_dict (velocities, param groups with the current lr)
     schedule        PlateauSchedule.state_dict()
+    scaler          the fp16 gradient scaler's state_dict ({} under fp32 and bf16; absent before it existed)
     epoch, step     the epoch in progress and the global step count (optimiser steps done)
     loader          one TrainLoader.state_dict() per rank (epoch, batches consumed in the current deal, seed,
                     the epoch's closed deals: what a resized run needs to deal only untrained samples)

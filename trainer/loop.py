@@ -23,7 +23,6 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from ray.train import Checkpoint
 
 from pipeline.loader.augment import BatchTransform
@@ -37,9 +36,10 @@ from trainer.config import TrainConfig, config_from_dict
 from trainer.evaluate import errors_from_totals, eval_totals
 from trainer.model import AlexNet
 from trainer.optim import PaperSGD, param_groups
+from trainer.precision import Precision, compile_model, set_up_kernels, train_step
 from trainer.resume import folder_name, load_newest_readable, unused_checkpoint_name
 from trainer.report import MetricsLog, TensorBoardLog
-from trainer.schedule import PlateauSchedule
+from trainer.schedule import PlateauSchedule, warmup_factor
 
 
 def train_worker(params: dict) -> None:
@@ -50,19 +50,25 @@ def train_worker(params: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     devices = _devices(config)
-    _set_up_determinism(config)
+    torch.set_num_threads(config.cpus_per_worker)
+    kernels = set_up_kernels(config.deterministic, devices[0])
 
     # --- the model, identical on every rank (same seed), then the run's state if resuming ---
     manifest, stats = read_manifest(config.data, "train"), read_stats(config.data)
     _seed_all(config.seed)
     model = AlexNet(manifest["num_classes"], config.variant, devices, width=config.width,
                     dropout=config.dropout, positive_bias=config.positive_bias, init=config.init)
-    optimizer = PaperSGD(param_groups(model, config.weight_decay, config.decay_biases),
+    precision = Precision(config.precision, devices[0])
+    if config.compile:
+        compile_model(model)  # in place: the state_dict keys stay the eager model's
+    if rank == 0:
+        print(f"[rank 0] {precision.describe()}, {kernels}{', compiled' if config.compile else ''}")
+    optimizer = PaperSGD(param_groups(model, config.weight_decay, config.decay_biases, trust_coefficient(config)),
                          lr=config.lr_for(world), momentum=config.momentum,
                          weight_decay=config.weight_decay)
     schedule = PlateauSchedule(config.lr_for(world), factor=config.lr_factor, patience=config.patience,
                                threshold=config.threshold, max_reductions=config.max_reductions,
-                               max_epochs=config.epochs)
+                               max_epochs=config.epochs, warmup_epochs=config.warmup_epochs)
     loader = TrainLoader(config.data, config.batch_size, rank=rank, world_size=world, seed=config.seed,
                          epoch=0, num_workers=config.loader_workers, crop=config.crop,
                          pin_memory=config.gpus_per_worker > 0)
@@ -82,6 +88,7 @@ def train_worker(params: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        precision.load_state_dict(state.get("scaler", {}))  # (older checkpoints: none)
         epoch, step, history = state["epoch"], state["step"], state["history"]
         if state.get("finished"):
             print(f"[rank {rank}] the run finished at epoch {epoch} (step {step}): nothing to do")
@@ -114,15 +121,13 @@ def train_worker(params: dict) -> None:
         batches_per_epoch = min(batches_done(loader.deals) + len(loader), config.steps_per_epoch or 2**62)
         positions = loader.batch_positions()  # the epoch positions of this deal's batches, for the audit
         started = window_start = time.perf_counter()
-        window_images = 0
+        window_images, window_wait, waited_from = 0, 0.0, started
         for images, labels in loader:  # a pass never touches the global RNGs (tested)
+            window_wait += time.perf_counter() - waited_from  # host time spent waiting for this batch
             images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
             labels = labels.to(devices[0], non_blocking=True)
-            logits = replica(augment(images, generator))
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            set_step_lr(optimizer, schedule, config, epoch + epoch_step / batches_per_epoch)
+            loss, logits = train_step(replica, optimizer, precision, augment(images, generator), labels)
             audit.mark(positions[loader.batches - 1])
             step += 1
             epoch_step += 1
@@ -137,8 +142,9 @@ def train_worker(params: dict) -> None:
                 record = {"kind": "step", "epoch": epoch + 1, "step": step, "batch": epoch_step,
                           "batches": batches_per_epoch, "world_size": world, "loss": _mean_over_ranks(loss, world),
                           "lr": optimizer.param_groups[0]["lr"],
-                          "images_per_s": window_images / max(now - window_start, 1e-9)}
-                window_start, window_images = now, 0
+                          "images_per_s": window_images / max(now - window_start, 1e-9),
+                          "data_wait": window_wait / max(now - window_start, 1e-9)}
+                window_start, window_images, window_wait = now, 0, 0.0
                 if logs:
                     logs.add(record)
                 ray.train.report({k: v for k, v in record.items() if k != "kind"})
@@ -147,9 +153,10 @@ def train_worker(params: dict) -> None:
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last_batch:
                 _save(rank, world, logs, {"kind": "checkpoint", "epoch": epoch, "step": step}, model,
                       optimizer, schedule, loader, generator, train_totals, audit, config, manifest, stats,
-                      history, epoch, step, epoch_step, pause)
+                      history, epoch, step, epoch_step, pause, scaler=precision.state_dict())
             if last_batch:
                 break
+            waited_from = time.perf_counter()
         # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
         pause.maybe(step, "validate")
         val = errors_from_totals(_sum_over_ranks(
@@ -177,7 +184,8 @@ def train_worker(params: dict) -> None:
         if decision != "stop":
             loader.set_epoch(epoch)
         _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit,
-              config, manifest, stats, history, epoch, step, epoch_step, pause, best=schedule.is_best(finished_epoch))
+              config, manifest, stats, history, epoch, step, epoch_step, pause, best=schedule.is_best(finished_epoch),
+              scaler=precision.state_dict())
     if logs:
         logs.add({"kind": "end", "step": step, "epochs": epoch, "reason": "schedule" if epoch < config.epochs
                   else "max epochs", "replica_digests": digests})
@@ -202,6 +210,21 @@ def _resize(state: dict, world: int, rank: int, loader: TrainLoader, audit: Epoc
           f"({len(loader)} batches each), lr {schedule.lr:g}")
 
 
+def trust_coefficient(config: TrainConfig) -> float:
+    """LARS's eta for the weights' group, 0 (the plain paper update) unless optimizer=lars."""
+    return config.lars_coefficient if config.optimizer == "lars" else 0.0
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, config: TrainConfig,
+                epochs_done: float) -> None:
+    """The lr of the next step: the schedule's, times the warmup's ramp while it lasts. Computed from
+    the run's counters (epoch, batch of the epoch), which the checkpoint holds: a resume mid-warmup
+    continues the ramp exactly."""
+    lr = schedule.lr * warmup_factor(epochs_done, config.warmup_epochs, config.warmup_start)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
     """With `scale_lr` the lr follows the replica count, the schedule's reductions so far kept; else it
     stays where the schedule left it."""
@@ -211,7 +234,8 @@ def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) 
 
 
 def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit, config,
-          manifest, stats, history, epoch, step, epoch_step, pause: _DebugPause, best: bool = False) -> None:
+          manifest, stats, history, epoch, step, epoch_step, pause: _DebugPause, best: bool = False,
+          scaler: dict | None = None) -> None:
     """Gather every rank's position and RNG, rank 0 writes the file, everyone reports it to Ray Train."""
     mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu(),
             "audit": audit.state_dict(), "name": unused_checkpoint_name(logs.run_dir, step) if rank == 0 else None}
@@ -227,7 +251,7 @@ def _save(rank, world, logs, record, model, optimizer, schedule, loader, generat
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
     state = ckpt.build(model=ckpt.cpu_state_dict(model), optimizer=ckpt.optimizer_state_cpu(optimizer),
-                       schedule=schedule.state_dict(), epoch=epoch, step=step, epoch_step=epoch_step,
+                       schedule=schedule.state_dict(), scaler=scaler or {}, epoch=epoch, step=step, epoch_step=epoch_step,
                        loader=[e["loader"] for e in everyone], rng=[e["rng"] for e in everyone],
                        train_totals=[e["totals"] for e in everyone], audit=[e["audit"] for e in everyone],
                        config=config.to_dict(),
@@ -285,16 +309,6 @@ def _devices(config: TrainConfig) -> tuple[torch.device, torch.device]:
     found = get_devices()
     torch.cuda.set_device(found[0])
     return (found[0], found[1]) if len(found) >= 2 else (found[0], found[0])
-
-
-def _set_up_determinism(config: TrainConfig) -> None:
-    """Bitwise-reproducible on the CPU. On GPUs cuDNN is pinned to deterministic convolutions, but
-    max-pool's backward has no deterministic CUDA kernel (atomics): runs agree closely, not bitwise."""
-    torch.set_num_threads(config.cpus_per_worker)
-    torch.backends.cudnn.benchmark = not config.deterministic
-    torch.backends.cudnn.deterministic = config.deterministic
-    if config.deterministic and config.gpus_per_worker == 0:
-        torch.use_deterministic_algorithms(True)
 
 
 def _seed_all(seed: int, generator: torch.Generator | None = None) -> None:
