@@ -154,6 +154,9 @@ def main() -> int:
     parser.add_argument("--variants", default="fp32",
                         help="comma-separated PRECISION[+compile] (fp32, bf16, fp16, auto), measured in turn")
     parser.add_argument("--deterministic", default="auto", choices=("auto", "true", "false"))
+    parser.add_argument("--bare-only", action="store_true",
+                        help="only the steps fed from memory, the variants interleaved --repeat times")
+    parser.add_argument("--repeat", type=int, default=3, help="with --bare-only: rounds over the variants")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     if args.make_data:
@@ -163,6 +166,8 @@ def main() -> int:
         parser.error("--data is required (make one with --make-data DIR)")
 
     torch.set_num_threads(args.cpus)
+    if args.bare_only:
+        return bare_only(args)
     results = [measure(args, variant) for variant in args.variants.split(",")]
     for result in results:
         print(f"--- {result['variant']}")
@@ -177,6 +182,32 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results if len(results) > 1 else results[0], f, indent=2)
+    return 0
+
+
+def bare_only(args) -> int:
+    """The variants' steps fed from memory, interleaved `--repeat` times (A B A B ...) so a shared
+    machine's drifting load hits each alike; medians and ratios to the first variant."""
+    from pipeline.shard.manifest import read_manifest
+    from pipeline.shard.stats import read_stats
+
+    args.classes = read_manifest(args.data, "train")["num_classes"]
+    batches, stats = memory_batches(args), read_stats(args.data)
+    variants = args.variants.split(",")
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.repeat):
+        for variant in variants:
+            precision, _, extra = variant.partition("+")
+            times[variant].append(bare_step_seconds(args, batches, stats, ("cpu", "cpu"), precision, extra == "compile"))
+    base = statistics.median(times[variants[0]])
+    result = {v: {"step_ms": [round(t * 1000, 1) for t in ts], "median_ms": round(statistics.median(ts) * 1000, 1),
+                  "images_per_s": round(args.batch_size / statistics.median(ts), 1),
+                  "speed_vs_first": round(base / statistics.median(ts), 2)} for v, ts in times.items()}
+    result["load_average"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
     return 0
 
 
