@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from cpu_meter import metered
+from cpu_meter import cpu_model, metered
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -175,7 +175,7 @@ def job_run(src: str, out: str, cpus: int, queue) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")  # never a found one
 
     @ray.remote(num_cpus=1)
     def warm():
@@ -257,8 +257,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4, help="copies of the images for the scaling runs")
     args = parser.parse_args()
     blobs = [p.read_bytes() for p in sorted(IMAGES.glob("*.JPEG"))]
-    print(f"{len(blobs)} shared images, {sum(map(len, blobs)) / 1e6:.0f} MB; cpus here: {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{len(blobs)} shared images, {sum(map(len, blobs)) / 1e6:.0f} MB; CPU: {cpu_model()}; "
+          f"load average {os.getloadavg()[0]:.1f} (the ratios below hold for this CPU)")
     if args.only in (None, "per-image"):
         measured = rates({"ours": ours, "careful": careful_pillow, "naive": naive_pillow, "decode": decode_only},
                          blobs, args.seconds)

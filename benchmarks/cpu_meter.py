@@ -66,6 +66,17 @@ class CpuCgroup:
                 time.sleep(0.1)
 
 
+def cpu_model() -> str:
+    """The CPU the figures were measured on, as /proc/cpuinfo names it, and the CPUs this process sees:
+    per-core ratios differ by CPU (README figures name theirs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        name = "unknown"
+    return f"{name}, {len(os.sched_getaffinity(0))} CPUs"
+
+
 def meter(command: list[str]) -> None:
     """Run `command` in its own cgroup; print one JSON line: CPU seconds of all its processes, wall time,
     and a sampled per-process breakdown (approximate: each process's last sample before it exits)."""

@@ -198,7 +198,7 @@ def check_references(path: Path) -> list[str]:
 
 def check_commands(text: str) -> list[str]:
     """Every `alexnet ...` / `python -m jobs.cli ...` command in text parses with the real CLI parser."""
-    from jobs.cli import build_parser
+    from jobs.parser import build_parser
 
     problems = []
     for match in COMMAND.finditer(text):

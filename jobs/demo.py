@@ -5,7 +5,8 @@
 
 generate (or take) an ImageNet-shaped tree → `alexnet shard` (Ray tasks) for train and val → `alexnet
 train` (Ray Train, plateau schedule, checkpoints) on a reduced-width AlexNet → `alexnet eval --ten-crop`
-on the best checkpoint → report.md / report.json with curves and the first-layer filters per tower.
+on the best checkpoint → `alexnet neighbours` (the paper's Figure 4) → report.md / report.json with curves,
+the first-layer filters per tower and Figure 4.
 Each step calls the same function its CLI command calls; nothing here is a demo-only shortcut.
 """
 
@@ -42,9 +43,11 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
                             keep_checkpoints=1, log_every_steps=5, seed=seed, deterministic=False)
 
     from jobs.demo_report import write_report
+    from pipeline.ray_instance import own_ray
     from pipeline.shard.job import shard_split
     from trainer.evaluate import evaluate_checkpoint
     from trainer.launch import train
+    from trainer.neighbours import neighbours
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,11 +56,11 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
 
     _step("shard: train and val splits as WebDataset shards, one Ray task per shard")
     shard_size = max(8, inputs["train_count"] // 8)  # several shards, so loaders and tasks have work to split
-    shard_split(src=inputs["train"], out=data, split="train", classes=inputs["classes"],
-                shard_size=shard_size, seed=seed, address=address)
-    shard_split(src=inputs["val"], out=data, split="val", labels=inputs["labels"],
-                shard_size=max(8, shard_size // 4), seed=seed, address=address)
-    _disconnect_ray()
+    with own_ray(address, include_dashboard=False):  # one instance for both splits; training starts its own
+        shard_split(src=inputs["train"], out=data, split="train", classes=inputs["classes"],
+                    shard_size=shard_size, seed=seed)
+        shard_split(src=inputs["val"], out=data, split="val", labels=inputs["labels"],
+                    shard_size=max(8, shard_size // 4), seed=seed)
     timings["shard"] = time.monotonic() - started - sum(timings.values())
 
     _step(f"train: AlexNet at width {width}, up to {epochs} epochs, plateau schedule, checkpoints")
@@ -71,6 +74,11 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
         evaluate_checkpoint(run_dir, data, ten_crop=True, as_json=True, batch_size=batch_size, num_workers=1)
     result = json.loads(captured.getvalue().strip().splitlines()[-1])
     timings["eval"] = time.monotonic() - started - sum(timings.values())
+
+    _step("neighbours: fc7 vectors of every training image (Ray tasks), 6 nearest to 8 val images (Figure 4)")
+    neighbours(run_dir, data, out=str(out_dir / "neighbours"), queries=min(8, result["samples"]), seed=seed,
+               address=address, batch_size=batch_size)
+    timings["neighbours"] = time.monotonic() - started - sum(timings.values())
 
     report = write_report(out_dir, run_dir, data, result, timings)
     _step(f"done in {time.monotonic() - started:.0f} s: ten-crop top-1 error {report['top1_error']:.3f}, "
@@ -102,14 +110,6 @@ def _inputs(out_dir: Path, images: str | None, classes: int, train_per_class: in
     _step(f"data: {count} training images from {train_dir}")
     return {"train": str(train_dir), "val": str(val_dir), "labels": str(labels) if labels.is_file() else None,
             "classes": None, "train_count": count}
-
-
-def _disconnect_ray() -> None:
-    """Training starts its own Ray connection (as `alexnet train` does); hand this one back first."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def _step(text: str) -> None:

@@ -39,6 +39,11 @@ def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: 
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "width": state["config"]["width"], "seed": state["config"]["seed"], "run": run_dir, "data": data,
     }
+    report["kernels_per_tower"] = int(state["model"]["towers.0.conv1.weight"].shape[0])
+    figure4 = out_dir / "neighbours" / "figure4.png"
+    if figure4.is_file():  # `alexnet neighbours` ran (the demo runs it before the report)
+        shutil.copy(figure4, out_dir / "figure4.png")
+        report["figure4"] = json.loads((out_dir / "neighbours" / "figure4.json").read_text())["figure"]
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for plot in plot_run(run_dir):
         shutil.copy(plot, out_dir / Path(plot).name)
@@ -124,5 +129,28 @@ Time: {seconds}.
 
 ![conv1 filters](filters.png)
 
+What to expect at this scale: {report['kernels_per_tower']} kernels per tower trained for {report['epochs']} epochs
+on {report['train_images']} images of {report['classes']} classes (the paper: 48 per tower, 90 epochs, 1.2 million
+images of 1000 classes). Kernels this small and this briefly trained barely leave their random
+initialisation, so they look like noise, at most with a faint orientation or tint in a few: that is
+the scale, not a fault. The paper's oriented edges (tower 1) and colour blobs (tower 2) need the full run.
+{_figure4_section(report)}
+
 Run folder: `{report['run']}`; shards: `{report['data']}`.
+"""
+
+
+def _figure4_section(report: dict) -> str:
+    if "figure4" not in report:
+        return ""
+    return """
+## What the network sees (the paper's Figure 4)
+
+![figure 4](figure4.png)
+
+Left: validation images with the network's five most probable classes (the true class's bar in red).
+Right: validation images (first column) and the six training images whose last-hidden-layer (fc7)
+vectors lie nearest in Euclidean distance (`alexnet neighbours`; keys, labels and distances in
+`neighbours/figure4.json`). How many neighbours share the query's class shows how far this small
+network's fc7 space separates the classes, which the noise-like filters above cannot show.
 """

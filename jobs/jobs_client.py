@@ -9,7 +9,9 @@ whatever `RAY_AUTH_MODE` this client process happens to have.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+EXIT_STOPPED = 3  # `alexnet submit` / `alexnet jobs logs --follow` when the job was stopped
 TUNNEL_HINT = ("for a launcher cluster run `ray dashboard cluster/aws.yaml` (or gcp.yaml) and use "
                "http://127.0.0.1:8265; on Kubernetes `kubectl port-forward svc/alexnet-head-svc 8265:8265`")
 
@@ -117,9 +120,34 @@ def job_logs(address: str | None, job_id: str, follow: bool = False) -> int:
     if not follow:
         print(call(client, "get_job_logs", job_id), end="")
         return 0
-    from jobs.submit import follow_job
-
     return follow_job(client, job_id)
+
+
+def follow_job(client, job_id: str) -> int:
+    """Stream a job's logs to stdout until it ends; its outcome as an exit status."""
+    try:
+        asyncio.run(_stream_logs(client, job_id))
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running. Stop it with `alexnet jobs stop {job_id}`",
+              file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # the log stream broke (head restarted, tunnel closed): say so, go on
+        print(f"log stream interrupted ({error}); waiting for the job's outcome", file=sys.stderr)
+    status = wait_terminal(client, job_id, timeout_s=24 * 3600)
+    info = call(client, "get_job_info", job_id)
+    if status == "SUCCEEDED":
+        print(f"job {job_id} succeeded")
+        return 0
+    print(f"job {job_id} {status.lower()}: {info.message or 'no message'}", file=sys.stderr)
+    if status == "STOPPED":
+        return EXIT_STOPPED
+    return info.driver_exit_code or 1
+
+
+async def _stream_logs(client, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
 
 
 def stop_job(address: str | None, job_id: str, timeout_s: float = 60.0) -> int:

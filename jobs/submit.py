@@ -1,4 +1,4 @@
-"""`alexnet submit -- shard|train|eval ARGS...`: the same CLI command, run as a Ray job on a cluster.
+"""`alexnet submit -- shard|train|eval|neighbours ARGS...`: the same CLI command, run as a Ray job on a cluster.
 
 The job's entrypoint is `python -m jobs.cli <command> <args>` inside the uploaded project folder, so the
 cluster runs exactly the code path `alexnet <command>` runs locally, from the code the user has checked
@@ -13,7 +13,6 @@ is the one thing that must match: the cluster's Ray version against this client'
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shlex
 import sys
@@ -21,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs.jobs_client import call, connect, wait_terminal
+from jobs.jobs_client import connect, follow_job
+from jobs.parser import build_parser
 from jobs.package import build_zip, project_root
 from pipeline.errors import UserError
 
-COMMANDS = ("shard", "train", "eval")
-LOCAL_ONLY = ("inspect", "summary", "plot", "demo", "jobs", "submit")
-EXIT_STOPPED = 3
+COMMANDS = ("shard", "train", "eval", "neighbours")
+LOCAL_ONLY = ("inspect", "summary", "plot", "predict", "export", "demo", "jobs", "submit")
 
 
 def submit(command_args: list[str], address: str | None = None, wait: bool = True, gpus: float = 0) -> int:
@@ -53,8 +52,8 @@ def submit(command_args: list[str], address: str | None = None, wait: bool = Tru
         package = build_zip(project_root(), Path(scratch) / "alexnet-project.zip")
         job_id = f"alexnet-{command_args[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         entrypoint = shlex.join(["python", "-m", "jobs.cli", *command_args])
-        # The driver runs `alexnet <command>` itself: shard and train only coordinate Ray tasks and
-        # workers, but eval computes in it, so `--gpus` places the driver on a GPU node.
+        # The driver runs `alexnet <command>` itself: shard, train and neighbours mostly coordinate Ray
+        # tasks and workers, but eval computes in it, so `--gpus` places the driver on a GPU node.
         _submit_with_retry(client, entrypoint=entrypoint, submission_id=job_id,
                            runtime_env={"working_dir": str(package)},
                            metadata={"alexnet_command": command_args[0]},
@@ -101,37 +100,8 @@ def _check_head_alive(client) -> None:
                         f"({why}); restart the cluster")
 
 
-def follow_job(client, job_id: str) -> int:
-    """Stream a job's logs to stdout until it ends; its outcome as an exit status."""
-    try:
-        asyncio.run(_stream_logs(client, job_id))
-    except KeyboardInterrupt:
-        print(f"\nstopped following; the job keeps running. Stop it with `alexnet jobs stop {job_id}`",
-              file=sys.stderr)
-        return 130
-    except RuntimeError as error:  # the log stream broke (head restarted, tunnel closed): say so, go on
-        print(f"log stream interrupted ({error}); waiting for the job's outcome", file=sys.stderr)
-    status = wait_terminal(client, job_id, timeout_s=24 * 3600)
-    info = call(client, "get_job_info", job_id)
-    if status == "SUCCEEDED":
-        print(f"job {job_id} succeeded")
-        return 0
-    print(f"job {job_id} {status.lower()}: {info.message or 'no message'}", file=sys.stderr)
-    if status == "STOPPED":
-        return EXIT_STOPPED
-    return info.driver_exit_code or 1
-
-
-async def _stream_logs(client, job_id: str) -> None:
-    async for chunk in client.tail_job_logs(job_id):
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-
-
 def _check_arguments(command_args: list[str]) -> None:
     """Parse the job's arguments here first: a typo fails in a second, not after an upload."""
-    from jobs.cli import build_parser
-
     build_parser().parse_args(command_args)
 
 

@@ -24,6 +24,14 @@ def is_url(location: str) -> bool:
     return str(location).startswith(URL_SCHEMES)
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute against this process's working directory (and `~` expanded); a URL
+    as given. Ray tasks and workers run in other working directories, so a relative path must be fixed
+    in the command's own process before anything is handed to them."""
+    location = str(location)
+    return location if is_url(location) else os.path.abspath(os.path.expanduser(location))
+
+
 def join(location: str, *parts: str) -> str:
     """Join path parts; URLs always use '/'."""
     location = str(location)

@@ -93,10 +93,14 @@ class AutoscalingCluster:
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
-        if self.publish_limits:  # what cluster/aws.yaml and gcp.yaml do on their head after `ray start`
-            subprocess.run([sys.executable, "-m", "cluster.limits", str(config), "--address", self.address],
-                           env=env, check=True, capture_output=True, timeout=120)
+        if self.publish_limits:
+            self.publish()
         return self
+
+    def publish(self) -> None:
+        """What cluster/aws.yaml and gcp.yaml do on their head after `ray start`: publish the limits."""
+        subprocess.run([sys.executable, "-m", "cluster.limits", str(Path(self.temp_dir) / "autoscaler.yaml"),
+                        "--address", self.address], check=True, capture_output=True, timeout=120)
 
     def worker_raylets(self) -> list[psutil.Process]:
         """The raylets of the worker nodes the autoscaler started. They share the head's session folder;

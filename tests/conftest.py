@@ -167,13 +167,52 @@ def ray_head(s3_server, tmp_path_factory) -> str:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def foreign_ray(tmp_path_factory) -> dict:
+    """Another job's Ray head on this machine, as on a shared workstation or CI runner: started by
+    `ray start` from another working directory with Ray's default temp folder, so its address is what
+    Ray's temp folder records (`ray_current_cluster`). A command given no address must never join it.
+    Returns its session folder (`drivers_of` tells who connected) and the folder it was started from."""
+    import psutil
+    from ray._common.utils import get_default_ray_temp_dir, get_ray_address_file
+
+    elsewhere = tmp_path_factory.mktemp("foreign_job")
+    gcs_port = free_port()
+    address_file = Path(get_ray_address_file(None))
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=1",
+                    "--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}",
+                    f"--ray-client-server-port={free_port()}", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120, cwd=elsewhere)
+    gcs = next(p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].endswith("gcs_server")
+               and any(f"={gcs_port}" in a for a in p.info["cmdline"]))
+    session = Path(next(a for a in gcs.info["cmdline"] if a.startswith("--log_dir=")).split("=", 1)[1]).parent
+    assert address_file.read_text().strip().endswith(f":{gcs_port}")  # what ray.init(address=None) would join
+    yield {"session": session, "cwd": elsewhere}
+    stop_ray_processes(session.name, gcs_port)
+    if address_file.is_file() and address_file.read_text().strip().endswith(f":{gcs_port}"):
+        address_file.unlink()
+    latest = Path(get_default_ray_temp_dir()) / "session_latest"
+    if latest.is_symlink() and Path(os.readlink(latest)).name == session.name:
+        latest.unlink()
+    shutil.rmtree(session, ignore_errors=True)
+
+
+def drivers_of(session: Path) -> set[int]:
+    """The process ids of the drivers that ever connected to the Ray instance of this session folder
+    (a test asks for its own commands' pids: on a shared machine another user's may join it)."""
+    return {int(p.stem.rpartition("_")[2]) for p in (session / "logs").glob("python-core-driver-*")}
+
+
 def stop_ray_processes(temp_dir: str, gcs_port: int) -> None:
     """Stop one Ray instance and only that one (`ray stop` would kill every instance on the machine,
-    including those of other test sessions running beside this one)."""
+    including those of other test sessions running beside this one): its processes are those whose
+    command line names `temp_dir` (or its session folder's name) or its GCS port."""
     import psutil
 
     roots = []
     for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid():
+            continue
         cmdline = " ".join(proc.info["cmdline"] or [])
         if temp_dir in cmdline or f":{gcs_port} " in cmdline + " ":
             roots.append(proc)
@@ -276,3 +315,22 @@ def reference(small_dataset, ray_head, tiny_config, tmp_path_factory) -> str:
     # the console's first line says the precision in force
     assert result.stdout.splitlines()[0] == "alexnet train: precision fp32, deterministic kernels (bitwise reproducible)"
     return str(runs / "reference")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A folder on a tmpfs of 256 KiB (`resize_disk` changes it); skipped where this user may not mount
+    one (root, or CAP_SYS_ADMIN, is needed). A file-size rlimit on a whole command breaks Ray's own
+    start-up, so a real small filesystem it is."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"needs a small tmpfs (`mount -t tmpfs`, as root): {made.stderr.strip() or made.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def resize_disk(mount: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True, capture_output=True)

@@ -1,6 +1,8 @@
 """Jobs on a real autoscaling cluster at rest (Ray's fake multi-node provider: the real autoscaler starts
 worker nodes as local raylets), as users run the clusters in cluster/: a head without CPUs, a worker type at
-zero nodes. One cluster for the module; the tiny run is the session's reference config.
+zero nodes. One cluster for the module; the tiny run is the session's reference config. It starts as a
+cluster someone else set up: its autoscaler runs but publishes no limits (the tests run in file order; the
+last one publishes them, as the clusters in cluster/ do).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def cluster(s3_server, pid_file):
     the first run to reach step LOST_STEP pauses its rank 1 there, once, and writes that worker's pid."""
     hook = {"ALEXNET_DEBUG_PAUSE_STEP": str(LOST_STEP), "ALEXNET_DEBUG_PAUSE_RANK": "1",
             "ALEXNET_DEBUG_PID_FILE": pid_file}
-    started = AutoscalingCluster(WORKER_TYPES, env={**s3_server, **hook}).start()
+    started = AutoscalingCluster(WORKER_TYPES, env={**s3_server, **hook}, publish_limits=False).start()
     yield started
     started.stop()
 
@@ -85,7 +87,10 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
         f.write(whole[:len(whole) // 2])
     node.send_signal(signal.SIGKILL)  # its raylet dies, and its workers with it
     log = _succeeded(follower)
-    assert "waiting for nodes: --workers 2 x {CPU: 1} each" in log  # said what it waited for
+    # said what it waited for, what was up, whose autoscaler it waited on, and what it cannot know
+    assert "waiting for nodes: --workers 2 x {CPU: 1} each; up now: 1 node(s) with {}; the cluster publishes no autoscaling " \
+           "limits but runs an autoscaler (Ray autoscaler v1, node types up or launching: ray.head.default)" in log
+    assert "cannot tell nodes not started yet from nodes that never will: giving up after 1800 s" in log
     assert "skipping checkpoint checkpoint-00000012" in log and "older checkpoint checkpoint-00000008" in log
     # a job's log is no terminal: plain progress lines, one per step record, then each epoch's line
     assert re.search(r"^epoch 1/2 \[#*\.*\] \d+/7 steps, loss [\d.]+, lr [\d.]+, \d+ images/s$", log, re.M)
@@ -116,8 +121,34 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     logs = run_cli("jobs", "logs", job_id, "--address", cluster.dashboard_url, timeout=60).stdout
     assert logs.strip() and logs.strip() in log  # the streamed output is the job's log
 
+    # Figure 4 as a job: feature files and figure on S3 beside the run, the shards' tasks over several nodes
+    log = _succeeded(_submit(cluster, "neighbours", run_dir, "--data", data, "--queries", "2"))
+    assert "features: 8 of 8 shards computed" in log, log[-3000:]
+    figure = json.loads(storage.read_bytes(f"{run_dir}/neighbours/figure4.json"))
+    assert len(figure["queries"]) == 2 and all(len(q["neighbours"]) == 6 for q in figure["queries"])
+    assert figure["features"].startswith(f"{run_dir}/neighbours/features-")
+    assert len({shard["node"] for shard in figure["shards"]}) >= 2, figure["shards"]
+    assert storage.read_bytes(f"{run_dir}/neighbours/figure4.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_published_limits_a_request_that_never_fits_ends_at_the_wait_timeout(
+        cluster, small_dataset, tiny_config, tmp_path):
+    """4 workers on a cluster that can grow to 3 1-CPU nodes but does not say so: the run waits, then
+    ends with one line naming what never came."""
+    result = run_cli(*train_args(small_dataset, "never", str(tmp_path / "runs"), tiny_config, cluster.address),
+                     "--workers", "4", "--wait-timeout", "3", check=False, timeout=180)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "waiting for nodes: --workers 4 x {CPU: 1} each" in result.stdout
+    assert "giving up after 3 s (--wait-timeout)" in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.fullmatch(r"alexnet train: error: gave up after waiting \d+ s \(wait_timeout\) for nodes that never "
+                        r"came: --workers 4 x \{CPU: 1\} each; up: \d node\(s\) with \{.*\}", lines[0]), lines[0]
+    assert not os.path.exists(tmp_path / "runs" / "never")  # it waited before writing anything
+
 
 def test_request_no_node_type_can_hold_fails_at_once(cluster, small_dataset, tiny_config, tmp_path):
+    cluster.publish()  # as the clusters in cluster/ do: now the limits are known
     result = run_cli(*train_args(small_dataset, "big", str(tmp_path / "runs"), tiny_config, cluster.address),
                      "--workers", "4", check=False, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr

@@ -75,10 +75,12 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
     per_epoch = report["centre_crop_val_top1_error_per_epoch"]
     assert per_epoch[report["best_epoch"] - 1] == min(per_epoch)  # the evaluated checkpoint is the best epoch
     markdown = (out / "report.md").read_text()
-    for picture in ("loss.png", "error.png", "filters.png"):
+    for picture in ("loss.png", "error.png", "filters.png", "figure4.png"):
         assert f"({picture})" in markdown
         assert Image.open(out / picture).format == "PNG"
     assert f"{report['top1_error']:.3f}" in markdown
+    assert report["figure4"]["image_panels"] == 8 + 5 * 7 and report["figure4"]["bar_panels"] == 8  # Figure 4
+    assert "12 kernels per tower" in markdown and "look like noise" in markdown  # Figure 3 at this scale
     assert report["seed"] == 0 and "seed 0 (`alexnet demo --seed 0`)" in markdown
     epochs = [json.loads(line) for line in (out / "runs" / "demo" / "metrics.jsonl").read_text().splitlines()]
     numbers = [r["epoch"] for r in epochs if r["kind"] == "epoch"]

@@ -17,9 +17,9 @@ from pipeline.loader.loaders import TrainLoader
 from pipeline.loader.deals import Deal, close
 from pipeline.loader.plan import deal_size, rank_batch_positions, worker_plan
 from trainer.config import resolve_config
-from trainer.loop import lr_after_resize, set_step_lr
 from trainer.optim import PaperSGD
 from trainer.schedule import PlateauSchedule, warmup_factor
+from trainer.state import lr_after_resize, set_step_lr
 
 
 def train_deal(shards, deals, world, workers, batch, trained_batches, seed=4, epoch=1, window=7):

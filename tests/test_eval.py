@@ -87,7 +87,9 @@ def test_ten_crop_equals_softmax_averaged_by_hand(small_dataset, tmp_path):
 
     # a checkpoint folder works too; centre crop gives another number (the eval path really switches)
     text = run_cli("eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", small_dataset, timeout=300).stdout
-    assert "40 images, 1 crop(s): top-1 error" in text and f"loss {scored['loss']:.4f}" not in text
+    assert "40 images, 1 crop: top-1 error" in text and f"loss {scored['loss']:.4f}" not in text
+    assert text.startswith(f"checkpoint {tmp_path / 'ckpt' / 'checkpoint.pt'} (epoch ")  # the file it scored
+    assert scored["checkpoint"] == path
 
 
 def test_eval_errors_are_one_line(small_dataset, tmp_path):

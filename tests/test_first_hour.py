@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import alexnet_cmd, run_cli
+from conftest import alexnet_cmd, drivers_of, run_cli
 from trainer.config import FIELDS
 from trainer.progress import ConsoleProgress
 from trainer.report import MetricsLog
@@ -152,18 +152,23 @@ def _mode(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_run_beside_another_ray_its_console_files_and_a_second_call(small_dataset, ray_head, tmp_path):
-    """No --address: the run starts its own local Ray while the session's head (another instance) runs.
-    Under umask 027 every file it writes is 0640; epochs count from 1 everywhere; giving the finished
-    run again with a larger `epochs` says how to extend it, before Ray starts, and changes nothing."""
+def test_a_run_beside_another_ray_its_console_files_and_a_second_call(small_dataset, ray_head, foreign_ray,
+                                                                     tmp_path):
+    """No --address: the run starts its own local Ray while the session's head and another job's head
+    (the one Ray's temp folder records) run; the relative --storage is the user's. Under umask 027
+    every file it writes is 0640; epochs count from 1 everywhere; giving the finished run again with a
+    larger `epochs` says how to extend it, before Ray starts, and changes nothing."""
     runs = tmp_path / "runs"
     settings = {"width": 0.25, "batch_size": 8, "eval_batch_size": 20, "epochs": 2, "steps_per_epoch": 3,
                 "log_every_steps": 1, "loader_workers": 0, "checkpoint_every_steps": 0}
     args = ["train", "--data", small_dataset, "--name", "r", "--storage", runs,
             *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    driver = subprocess.Popen(["sh", "-c", 'umask 027 && exec "$@"', "sh", *alexnet_cmd(*args)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ray's own auth default (the suite pins it off), its token in a home of its own
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")},
+           "HOME": str(tmp_path / "home")}
+    relative = [a if a != runs else "runs" for a in args]
+    driver = subprocess.Popen(["sh", "-c", 'umask 027 && exec "$@"', "sh", *alexnet_cmd(*relative)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         for line in driver.stdout:  # the first epoch's line arrives while the run goes on
             if line.startswith("epoch 1/2:"):
@@ -175,6 +180,9 @@ def test_a_run_beside_another_ray_its_console_files_and_a_second_call(small_data
     assert driver.returncode == 0, err[-3000:]
     console = out + err
     assert "multiple active Ray" not in console and "PlacementGroupCleaner" not in console, err[-3000:]
+    assert driver.pid not in drivers_of(foreign_ray["session"])  # the run never joined the foreign head
+    # no alarm that is not one: Ray's note that it turned token auth on, its PreemptionWatcher error line
+    assert "Token authentication" not in console and "PreemptionWatcher" not in console, err[-3000:]
     # the one traceback Ray Train prints by design: its warning that a 5 s request to its autoscaling
     # actor timed out on an overloaded CPU ("safe to ignore"); any other is a failure
     assert console.count("Traceback") <= console.count("Failed to send resource request"), err[-3000:]

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli, train_args
+from conftest import resize_disk, run_cli, train_args
 from test_train import checkpoint_names
 from trainer import resume
 
@@ -60,6 +60,23 @@ def test_repair_drops_an_unreadable_latest_checkpoint(how, reference, tmp_path):
     assert resume.repair_run(run_dir) == []  # a sound run folder is left alone
 
 
+def test_repair_removes_checkpoint_folders_ray_train_never_registered(reference, tmp_path):
+    """Uploaded, but the run stopped before the controller registered them: one whole, one cut off."""
+    from ray.train import Result
+
+    run_dir = tmp_path / "reference"
+    shutil.copytree(reference, run_dir)
+    shutil.copytree(run_dir / "checkpoint-00000014", run_dir / "checkpoint-00000016")
+    (run_dir / "checkpoint-00000015").mkdir()
+    (run_dir / "checkpoint-00000015" / "checkpoint.pt").write_bytes(b"PK\x03\x04 half an upload")
+    said = []
+    assert resume.repair_run(str(run_dir), log=said.append) == ["checkpoint-00000015", "checkpoint-00000016"]
+    assert len(said) == 2 and all("written but never registered with Ray Train" in line for line in said)
+    assert checkpoint_names(str(run_dir)) == ["checkpoint-00000012", "checkpoint-00000014"]
+    assert listed(str(run_dir)) == (["checkpoint-00000012", "checkpoint-00000014"], "checkpoint-00000014")
+    assert Result.from_path(str(run_dir)).checkpoint.path.endswith("checkpoint-00000014")
+
+
 def test_user_errors_stop_at_once_in_one_line(small_dataset, ray_head, tiny_config, tmp_path):
     runs = str(tmp_path / "runs")
     for flag, message in ((["--set", "variant=vgg"], "variant='vgg' is not a model variant"),
@@ -80,3 +97,19 @@ def test_user_errors_stop_at_once_in_one_line(small_dataset, ray_head, tiny_conf
     assert last.endswith("are missing: train-000003.tar (re-run `alexnet shard`, or pass skip_bad_samples=True)")
     # Ray streams each failing worker's traceback: one attempt of two ranks, not max_failures + 1 attempts
     assert 1 <= (result.stdout + result.stderr).count("Error in training function") <= 2
+
+
+def test_a_full_run_folder_stops_the_run_at_once_in_one_line(small_dataset, ray_head, tiny_config, small_disk):
+    """Storage of 45 MB: the checkpoint at step 4 (28.6 MB at width 0.25) fits, the one at step 7 does not."""
+    resize_disk(small_disk, "45m")
+    runs = str(small_disk / "runs")
+    result = run_cli(*train_args(small_dataset, "full", runs, tiny_config, ray_head), check=False, timeout=400)
+    console = result.stdout + result.stderr
+    assert result.returncode == 2, console[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("alexnet train: error: the run stopped at its first attempt: rank 0: no space left "
+                           f"on device: {runs}/full; the checkpoints registered so far are kept"), console[-3000:]
+    assert last.endswith("free space (or fix the permissions) and give the same command again to continue "
+                         "from the last one")
+    assert console.count("Error in training function") <= 2  # one attempt, not max_failures + 1
+    assert checkpoint_names(os.path.join(runs, "full")) == ["checkpoint-00000004"]  # the cut-off one is gone

@@ -98,7 +98,7 @@ def test_shard_a_faulty_tree_reports_every_entry_and_keeps_indices(tmp_path, ray
     manifest = json.loads((out / "train.manifest.json").read_text())
     classes = sorted([n["a"], n["b"], n["c"], n["d"], n["empty"]])
     assert [c["synset"] for c in manifest["classes"]] == classes and classes.index(n["empty"]) == 1
-    assert f"1 class folder(s) hold no input: {n['empty']} (class 1)" in result.stderr
+    assert f"1 class folder holds no input: {n['empty']} (class 1)" in result.stderr
     assert manifest["skipped"][:6] == expected_scan_skips(n)
     assert {e["path"]: e["reason"] for e in manifest["skipped"][6:]} == expected_unreadable(n)
     assert manifest["inputs_found"] == 17 and manifest["total_samples"] == 7 and "created" not in manifest

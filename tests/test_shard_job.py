@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import alexnet_cmd, run_cli
+from conftest import alexnet_cmd, resize_disk, run_cli
 from imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
 from pipeline.shard.manifest import read_manifest
 from pipeline.shard.tar_writer import ShardTarWriter
@@ -307,3 +307,22 @@ def test_small_dataset_fixture_is_what_training_tests_expect(small_dataset):
     assert [s["samples"] for s in val["shards"]] == [8] * 5
     labels = pq.read_table(Path(small_dataset) / "train.index.parquet").column("label").to_pylist()
     assert sorted(set(labels)) == list(range(10)) and all(labels.count(c) == 12 for c in range(10))
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_said_once_not_retried_and_leaves_no_partial_shard(small_disk, ray_head, tmp_path):
+    tree = class_tree(tmp_path / "train", sample_files()[:3], per_class=3)  # 9 shards of one image, ~40 KB each
+    out = small_disk / "out"
+    args = ["shard", tree, out, "--split", "train", "--shard-size", "1", "--address", ray_head]
+    result = run_cli(*args, check=False, timeout=300)
+    console = result.stdout + result.stderr
+    assert result.returncode == 2, console
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no space left on device" in last and str(out) in last, last
+    assert last.endswith("Finished shards are kept and no partial one is left: free space (or fix the "
+                         "permissions) and give the same command again to continue")
+    assert "Traceback" not in console and "retr" not in console.replace(last, "")  # no retry, no stack
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")] and not (out / "train.manifest.json").exists()
+    resize_disk(small_disk, "8m")  # space freed: the same command finishes the split
+    run_cli(*args, timeout=300)
+    assert read_manifest(str(out), "train")["total_samples"] == 9

@@ -80,12 +80,14 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
     assert result.returncode == 2 and "--address" in result.stderr
     result = run_cli("submit", "--address", "http://127.0.0.1:1", "--", "shard", "a", "b", check=False)
     assert result.returncode == 2 and "--split" in result.stderr  # parsed locally, never submitted
+    result = run_cli("submit", "--address", "http://127.0.0.1:1", "--", "neighbours", "runs/r", check=False)
+    assert result.returncode == 2 and "--data" in result.stderr  # a job command, its arguments checked here
     result = run_cli("submit", "--", "summary", check=False, timeout=60)
     assert result.returncode == 2 and "shard, train, eval" in result.stderr
     result = run_cli("submit", "--", "inspect", "out/", check=False, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == ("alexnet submit: error: `inspect` cannot run as a job: a job runs one of "
-                                     "shard, train, eval; run `alexnet inspect` here instead")
+                                     "shard, train, eval, neighbours; run `alexnet inspect` here instead")
     result = run_cli("submit", "--", check=False, timeout=60)
     assert result.returncode == 2 and "give the job's command after `--`" in result.stderr
 

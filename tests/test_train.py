@@ -122,10 +122,18 @@ def test_same_command_continues_after_driver_death_past_a_cut_off_upload(referen
     run_dir = f"{storage_url}/restarted"
     args = train_args(small_dataset, "restarted", storage_url, tiny_config, ray_head)
     driver, worker = start_paused(args, str(tmp_path / "worker.pid"), rank=0)
-    driver.send_signal(signal.SIGKILL)  # the driver dies: its Ray job and workers go with it
-    driver.communicate(timeout=60)
+    driver.send_signal(signal.SIGINT)  # Ctrl-C: Ray Train aborts the run, its workers go with it
+    console = driver.communicate(timeout=120)[0]
     worker.wait(timeout=120)
+    assert driver.returncode == 130, console[-3000:]
+    assert console.strip().splitlines()[-1] == (
+        f"alexnet train: interrupted; the run folder {run_dir} keeps its last checkpoint: give the same "
+        "command again to continue from it")
     assert checkpoint_names(run_dir)[-1] == "checkpoint-00000008"  # what survived, on S3
+    # a checkpoint uploaded, its registration with Ray Train cut off by the interrupt (what a Ctrl-C
+    # between a worker's upload and the controller's next poll leaves): never resumed from, never pruned
+    fs, root = storage.resolve(run_dir)
+    fs.copy_file(f"{root}/checkpoint-00000008/checkpoint.pt", f"{root}/checkpoint-00000010/checkpoint.pt")
     # and the latest checkpoint's upload was cut off half way: resume falls back to the one before it
     fs, root = storage.resolve(f"{run_dir}/checkpoint-00000008/checkpoint.pt")
     with fs.open_input_file(root) as f:
@@ -136,8 +144,12 @@ def test_same_command_continues_after_driver_death_past_a_cut_off_upload(referen
     result = run_cli(*args, timeout=400)  # the same command again
     assert "continuing run" in result.stdout
     assert "skipping checkpoint checkpoint-00000008: checkpoint.pt is not a readable checkpoint" in result.stdout
+    assert "removing checkpoint checkpoint-00000010: written but never registered with Ray Train" in result.stdout
     assert [(r["epoch"], r["step"], r["batch"]) for r in records(run_dir, "resume")] == [(2, 7, 0)]
     assert_bitwise_equal(run_dir, reference)
+    # keep_checkpoints=2, plus the best copy apart: nothing left behind by the interrupted attempt
+    assert checkpoint_names(run_dir) == ["checkpoint-00000012", "checkpoint-00000014"]
+    assert storage.exists(f"{run_dir}/best/checkpoint.pt")
 
 
 def test_clear_errors_before_any_worker_starts(reference, small_dataset, ray_head, tiny_config, tmp_path):

@@ -1,6 +1,7 @@
 """A run's whole state as one file, `checkpoint.pt`, loadable with `torch.load(weights_only=True)`.
 
-Contents (DESIGN.md "Checkpoints and runs"), every value a tensor, number, string, list or dict:
+Contents (DESIGN.md "Checkpoints and runs"), every value a tensor, number, string, list or dict; what
+goes in, and how it comes back, is decided in one place, trainer/state.py (RunState):
     format          integer version of this layout (FORMAT)
     model           the model's state_dict, device-agnostic (CPU tensors)
     optimizer       PaperSGD's state_dict (velocities, param groups with the current lr)
@@ -14,7 +15,9 @@ Contents (DESIGN.md "Checkpoints and runs"), every value a tensor, number, strin
     config          the resolved TrainConfig as a dict
     history         one dict of metrics per finished epoch
     num_classes, classes, stats    what evaluation needs to rebuild the model and its input
-    world_size      the number of ranks that wrote `loader`, `rng` and `audit`
+    world_size      the number of ranks that wrote `loader`, `rng`, `train_totals` and `audit`
+    train_totals    one tensor per rank: the epoch's loss sum, top-1 correct, count so far
+    epoch_step, finished    the batch of the epoch in progress; whether the schedule ended the run
 
 Ray Train's checkpoint folders live in the run folder, which may be an `s3://` URL: reading goes
 through pipeline.storage (pyarrow filesystems), writing through `ray.train.report`.
@@ -191,9 +194,14 @@ def _unreadable(path: str, why: object) -> UserError:
     return UserError(f"{path} is not a readable checkpoint: {why}".splitlines()[0])
 
 
+# what this file's readers need beyond a resume (`alexnet eval`, the demo's report); what a resume
+# needs is the run state's business (trainer/state.py), which refuses a checkpoint lacking any of it
+READERS_NEED = {"model", "config", "num_classes", "classes", "stats"}
+
+
 def build(**parts: Any) -> dict:
-    missing = {"model", "optimizer", "schedule", "epoch", "step", "loader", "rng", "config", "history",
-               "num_classes", "classes", "stats", "world_size"} - parts.keys()
+    """A checkpoint's contents with its format number."""
+    missing = READERS_NEED - parts.keys()
     if missing:
         raise ValueError(f"checkpoint parts missing: {sorted(missing)}")
     return {"format": FORMAT, **parts}

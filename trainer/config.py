@@ -43,6 +43,8 @@ class TrainConfig:
     gpus_per_worker: int = _f(0, "GPUs per worker: 2 puts one tower per GPU, 0 runs on the CPU",
                               choices=(0, 1, 2))
     cpus_per_worker: int = _f(1, "CPUs reserved per worker (its torch threads)", min=1)
+    wait_timeout: float = _f(1800.0, "seconds to wait for the nodes a run needs before giving up (0: no end)",
+                             min=0.0)
     # --- the paper's optimisation (Krizhevsky et al. 2012, section 5) ---
     batch_size: int = _f(128, "images per replica per step (global batch = batch_size x workers)", min=1)
     lr: float = _f(0.01, "initial learning rate (not scaled by workers unless scale_lr)", above=0.0)

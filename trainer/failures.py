@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from ray.train import UserCallback
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, storage_error_in, storage_error_text
+
+
+RUN_FOLDER = "the run folder"  # where a storage error happened when it names no file (the driver knows which)
 
 
 class NotRetried(Exception):
@@ -30,12 +33,19 @@ class StopOnUserError(UserCallback):
 
 def user_error_in(error: BaseException | None) -> UserError | NotRetried | None:
     """The UserError (or NotRetried) inside Ray's wrappers, if any: Ray Train wraps a worker's exception
-    in UserExceptionWithTraceback, a controller failure in ControllerError, and either may chain it."""
+    in UserExceptionWithTraceback, a controller failure in ControllerError, and either may chain it.
+    A storage error no retry can cure (a full disk, no permission, a read-only mount: a restarted run
+    meets it again at its next checkpoint) counts as one, said in one line with what to do."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, (UserError, NotRetried)):
             return error
+        storage_error = storage_error_in(error)
+        if storage_error is not None:
+            return UserError(f"{storage_error_text(storage_error, RUN_FOLDER)}; the checkpoints "
+                             "registered so far are kept: free space (or fix the permissions) and give the "
+                             "same command again to continue from the last one")
         inner = [getattr(error, name, None) for name in ("_base_exc", "controller_failure", "cause")]
         error = next((e for e in inner if isinstance(e, BaseException)), None) or error.__cause__
     return None

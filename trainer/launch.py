@@ -13,14 +13,13 @@ checkpoint, without the driver's help.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
-from typing import Iterator
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.ray_instance import own_ray
 from trainer.config import TrainConfig
 
 # Fields a continued run must share with the run it continues (else the checkpoint does not fit).
@@ -52,13 +51,15 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
               + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
-    with own_ray(address, {"env_vars": _forwarded_env()}):
+    with own_ray(address, _forwarded_env(), log_to_driver=True):
         needed = dataclasses.replace(config, workers=config.fewest_workers)  # what the run needs to start
         waiting_for = resources.check(needed)  # raises if the cluster can never hold the run
+        if waiting_for:  # before anything is written or deleted: a wait that times out leaves nothing behind
+            resources.wait_for_nodes(needed, waiting_for)
         if fresh:  # only once everything else checked out: nothing is deleted for a typo
             _delete_run(run_dir)
         else:
-            resume.repair_run(run_dir)  # unreadable latest checkpoints out of Ray Train's list
+            resume.repair_run(run_dir)  # unreadable or never registered checkpoints out of the run folder
         print(f"alexnet train: run folder {run_dir}\n{config.to_json()}", flush=True)
         storage.makedirs(run_dir)
         # the run continues with this config (an unfinished run; a finished one returned above)
@@ -79,20 +80,23 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
                                  worker_runtime_env={"env_vars": _forwarded_env()},
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        waiting = resources.wait_reporter(needed, waiting_for) if waiting_for else None
         try:
             with ConsoleProgress(run_dir, config.epochs):
                 result = trainer.fit()
+        except SystemExit:
+            # Ray Train's own SIGINT handler (in fit) aborts the run, then leaves by sys.exit(0)
+            raise KeyboardInterrupt(f"the run folder {run_dir} keeps its last checkpoint: give the same "
+                                    "command again to continue from it") from None
         except ray.train.TrainingFailedError as error:
             cause = failures.user_error_in(error)
             if cause is None:
                 raise
-            raise UserError(f"the run stopped at its first attempt: {failures.one_line(cause)}") from None
-        finally:
-            if waiting:
-                waiting.set()
+            resume.remove_unregistered(run_dir)  # e.g. a checkpoint cut off by a full disk
+            where = failures.one_line(cause).replace(failures.RUN_FOLDER, run_dir)  # a storage error's location
+            raise UserError(f"the run stopped at its first attempt: {where}") from None
     if result.error is not None:
         raise result.error
+    resume.remove_unregistered(run_dir)  # an attempt Ray Train restarted may have left one
     try:
         plots = plot_run(run_dir)
         print("alexnet train: plots " + ", ".join(plots))
@@ -119,13 +123,7 @@ def check_dataset(data: str) -> None:
 
 def _absolute_storage(config: TrainConfig) -> TrainConfig:
     """Ray workers do not share the driver's working directory: local paths must be absolute."""
-
-    changes = {}
-    for key in ("storage", "data"):
-        value = getattr(config, key)
-        if not storage.is_url(value):
-            changes[key] = os.path.abspath(os.path.expanduser(value))
-    return dataclasses.replace(config, **changes)
+    return dataclasses.replace(config, storage=storage.absolute(config.storage), data=storage.absolute(config.data))
 
 
 def _delete_run(run_dir: str) -> None:
@@ -167,44 +165,6 @@ def _finished(config: TrainConfig, run_dir: str) -> bool:
           f"a larger epochs (e.g. --set epochs={suggested}), or under another "
           f"--name", flush=True)
     return True
-
-
-@contextlib.contextmanager
-def own_ray(address: str | None, runtime_env: dict) -> Iterator[None]:
-    """ray.init / ray.shutdown, with every process of the job told its own cluster's address.
-
-    Ray's own helpers in a job's processes (Ray Train's placement-group cleaner, the state API) find
-    their cluster through RAY_ADDRESS, else by scanning the machine for GCS processes, which fails
-    ("Found multiple active Ray instances") or picks a stranger when another Ray runs beside ours. So
-    a local instance gets a chosen GCS port and every process of the job gets RAY_ADDRESS in its env."""
-    import ray
-
-    env = dict(runtime_env.get("env_vars", {}))
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    saved = os.environ.get("RAY_GCS_SERVER_PORT")
-    if target is None:  # a new local instance: ours alone, on a port we know
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        target = "local"
-    elif "://" not in target and target != "auto":
-        env["RAY_ADDRESS"] = target
-    try:
-        ray.init(address=target, log_to_driver=True, logging_level="WARNING",
-                 runtime_env={**runtime_env, "env_vars": env})
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-        else:
-            os.environ["RAY_GCS_SERVER_PORT"] = saved
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _forwarded_env() -> dict:

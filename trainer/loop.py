@@ -2,9 +2,10 @@
 
 Each worker owns one model replica on two devices (one tower each; both "cpu" without GPUs). With R
 workers, DDP (device_ids=None, since the replica spans two devices) averages gradients, so a step is
-one step on a global batch of batch_size x R. Checkpoints are whole-run states (trainer/checkpoint.py)
-written by rank 0 after gathering every rank's loader position and RNG states, so a resumed run
-continues at the exact batch with the exact random numbers: on the CPU with deterministic kernels the
+one step on a global batch of batch_size x R. The run's state is one object (trainer/state.py RunState):
+the loop reads and writes it, and its checkpoints, written by rank 0 after gathering every rank's loader
+position and RNG states (trainer/checkpoint.py writes the file), let a resumed run
+continue at the exact batch with the exact random numbers: on the CPU with deterministic kernels the
 weights come out bitwise equal to an uninterrupted run.
 
 An elastic run (`--workers MIN:MAX`) may resume with another number of replicas. Mid-epoch, the loader
@@ -16,30 +17,23 @@ and with `scale_lr` the lr follows the new replica count (the schedule's reducti
 from __future__ import annotations
 
 import os
-import random
 import time
 
-import numpy as np
 import ray.train
 import torch
-import torch.distributed as dist
 from ray.train import Checkpoint
 
 from pipeline.loader.augment import BatchTransform
-from pipeline.loader.loaders import EvalLoader, TrainLoader
 from pipeline.loader.deals import batches_done
-from pipeline.shard.manifest import read_manifest
-from pipeline.shard.stats import read_stats
+from pipeline.loader.loaders import EvalLoader
 from trainer import checkpoint as ckpt
-from trainer.audit import EpochAudit
 from trainer.config import TrainConfig, config_from_dict
+from trainer.precision import set_up_kernels, train_step
 from trainer.evaluate import errors_from_totals, eval_totals
-from trainer.model import AlexNet
-from trainer.optim import PaperSGD, param_groups
-from trainer.precision import Precision, compile_model, set_up_kernels, train_step
-from trainer.resume import folder_name, load_newest_readable, unused_checkpoint_name
+from trainer.ranks import gather, mean_over_ranks, sum_over_ranks
 from trainer.report import MetricsLog, TensorBoardLog
-from trainer.schedule import PlateauSchedule, warmup_factor
+from trainer.resume import folder_name, load_newest_readable, unused_checkpoint_name
+from trainer.state import RunState
 
 
 def train_worker(params: dict) -> None:
@@ -53,67 +47,36 @@ def train_worker(params: dict) -> None:
     torch.set_num_threads(config.cpus_per_worker)
     kernels = set_up_kernels(config.deterministic, devices[0])
 
-    # --- the model, identical on every rank (same seed), then the run's state if resuming ---
-    manifest, stats = read_manifest(config.data, "train"), read_stats(config.data)
-    _seed_all(config.seed)
-    model = AlexNet(manifest["num_classes"], config.variant, devices, width=config.width,
-                    dropout=config.dropout, positive_bias=config.positive_bias, init=config.init)
-    precision = Precision(config.precision, devices[0])
-    if config.compile:
-        compile_model(model)  # in place: the state_dict keys stay the eager model's
+    # --- build: the model identical on every rank (same seed), loader, RNGs, counters ---
+    run = RunState(config, rank, world, devices)
     if rank == 0:
-        print(f"[rank 0] {precision.describe()}, {kernels}{', compiled' if config.compile else ''}")
-    optimizer = PaperSGD(param_groups(model, config.weight_decay, config.decay_biases, trust_coefficient(config)),
-                         lr=config.lr_for(world), momentum=config.momentum,
-                         weight_decay=config.weight_decay)
-    schedule = PlateauSchedule(config.lr_for(world), factor=config.lr_factor, patience=config.patience,
-                               threshold=config.threshold, max_reductions=config.max_reductions,
-                               max_epochs=config.epochs, warmup_epochs=config.warmup_epochs)
-    loader = TrainLoader(config.data, config.batch_size, rank=rank, world_size=world, seed=config.seed,
-                         epoch=0, num_workers=config.loader_workers, crop=config.crop,
-                         pin_memory=config.gpus_per_worker > 0)
-    augment = BatchTransform(stats, pca_std=config.pca_std)
-    plain = BatchTransform(stats, pca_std=0.0)
-    generator = torch.Generator(device=devices[0])
-    _seed_all(config.seed * 1000 + rank + 1, generator)  # dropout and colour noise differ per rank
+        print(f"[rank 0] {run.precision.describe()}, {kernels}{', compiled' if config.compile else ''}")
+    augment = BatchTransform(run.stats, pca_std=config.pca_std)
+    plain = BatchTransform(run.stats, pca_std=0.0)
 
-    audit = EpochAudit(loader.total_samples)
-    epoch, step, epoch_step, history = 0, 0, 0, []
-    # loss sum, top-1 correct, count on this rank; on the device so a step never waits for a .item()
-    train_totals = torch.zeros(3, dtype=torch.float64, device=devices[0])
-    resumed, skipped = ray.train.get_checkpoint(), []
-    if resumed is not None:  # Ray Train's latest, or else the newest older one that can be read
+    # --- resume: Ray Train's latest checkpoint, or else the newest older one that can be read ---
+    resume_record = None
+    if (resumed := ray.train.get_checkpoint()) is not None:
         state, skipped = load_newest_readable(folder_name(resumed.path), run_dir,
                                               log=lambda line: print(f"[rank {rank}] {line}"))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        precision.load_state_dict(state.get("scaler", {}))  # (older checkpoints: none)
-        epoch, step, history = state["epoch"], state["step"], state["history"]
+        source = folder_name(resumed.path) if not skipped else f"the newest readable checkpoint of {run_dir}"
+        run.check(state, source)  # before anything is restored: a key nothing restores, or a part missing
         if state.get("finished"):
-            print(f"[rank {rank}] the run finished at epoch {epoch} (step {step}): nothing to do")
+            print(f"[rank {rank}] the run finished at epoch {state['epoch']} (step {state['step']}): nothing to do")
             return
-        if state["world_size"] == world:
-            loader.load_state_dict(state["loader"][rank])  # (a new deal only if loader_workers changed)
-            ckpt.restore_rng(state["rng"][rank], generator)
-            train_totals = state["train_totals"][rank].to(devices[0])
-            if "audit" in state:
-                audit.load_state_dict(state["audit"][rank])
-        else:
-            _resize(state, world, rank, loader, audit, schedule, optimizer, generator, config)
-            if rank == 0:  # the old ranks' loss totals join rank 0's, as their audits did
-                train_totals = torch.stack(list(state["train_totals"])).sum(0).to(devices[0])
-        epoch_step = batches_done(loader.deals) + loader.batches
-        print(f"[rank {rank}] resumed at epoch {epoch + 1}, step {step}, batch {epoch_step}")
+        run.restore(state, source)
+        print(f"[rank {rank}] resumed at epoch {run.epoch + 1}, step {run.step}, batch {run.epoch_step}")
+        resume_record = {"kind": "resume", "epoch": run.epoch + 1, "step": run.step, "batch": run.epoch_step,
+                         "world_size": world, "from_world_size": state["world_size"], "skipped": skipped}
+        del state
     else:
-        loader.set_epoch(0)
-    replica = torch.nn.parallel.DistributedDataParallel(model, device_ids=None) if world > 1 else model
-
-    resume_record = None if resumed is None else {
-        "kind": "resume", "epoch": epoch + 1, "step": step, "batch": epoch_step, "world_size": world,
-        "from_world_size": state["world_size"], "skipped": skipped}
+        run.loader.set_epoch(0)
+    replica = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=None) if world > 1 else run.model
     logs = _Logs(run_dir, resume_record) if rank == 0 else None
     pause = _DebugPause(rank)
+    model, optimizer, loader, generator = run.model, run.optimizer, run.loader, run.generator
+
+    # --- epochs: steps (with checkpoints every N steps), validation, schedule, checkpoint ---
     decision = "continue"
     while decision != "stop":
         model.train()
@@ -126,21 +89,21 @@ def train_worker(params: dict) -> None:
             window_wait += time.perf_counter() - waited_from  # host time spent waiting for this batch
             images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
             labels = labels.to(devices[0], non_blocking=True)
-            set_step_lr(optimizer, schedule, config, epoch + epoch_step / batches_per_epoch)
-            loss, logits = train_step(replica, optimizer, precision, augment(images, generator), labels)
-            audit.mark(positions[loader.batches - 1])
-            step += 1
-            epoch_step += 1
+            run.set_step_lr(batches_per_epoch)
+            loss, logits = train_step(replica, optimizer, run.precision, augment(images, generator), labels)
+            run.audit.mark(positions[loader.batches - 1])
+            run.step += 1
+            run.epoch_step += 1
             with torch.no_grad():
                 count = torch.tensor(float(labels.numel()), dtype=torch.float64, device=devices[0])
-                train_totals += torch.stack([loss.detach().double() * count,
-                                             (logits.argmax(1) == labels).sum().double(), count])
+                run.train_totals += torch.stack([loss.detach().double() * count,
+                                                 (logits.argmax(1) == labels).sum().double(), count])
             window_images += labels.numel() * world
-            if step % config.log_every_steps == 0:
+            if run.step % config.log_every_steps == 0:
                 now = time.perf_counter()
                 # epochs are numbered from 1 in every record (the checkpoint's counter is epochs done)
-                record = {"kind": "step", "epoch": epoch + 1, "step": step, "batch": epoch_step,
-                          "batches": batches_per_epoch, "world_size": world, "loss": _mean_over_ranks(loss, world),
+                record = {"kind": "step", "epoch": run.epoch + 1, "step": run.step, "batch": run.epoch_step,
+                          "batches": batches_per_epoch, "world_size": world, "loss": mean_over_ranks(loss, world),
                           "lr": optimizer.param_groups[0]["lr"],
                           "images_per_s": window_images / max(now - window_start, 1e-9),
                           "data_wait": window_wait / max(now - window_start, 1e-9)}
@@ -148,122 +111,63 @@ def train_worker(params: dict) -> None:
                 if logs:
                     logs.add(record)
                 ray.train.report({k: v for k, v in record.items() if k != "kind"})
-            pause.maybe(step)
-            last_batch = epoch_step >= batches_per_epoch
-            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last_batch:
-                _save(rank, world, logs, {"kind": "checkpoint", "epoch": epoch, "step": step}, model,
-                      optimizer, schedule, loader, generator, train_totals, audit, config, manifest, stats,
-                      history, epoch, step, epoch_step, pause, scaler=precision.state_dict())
+            pause.maybe(run.step)
+            last_batch = run.epoch_step >= batches_per_epoch
+            if config.checkpoint_every_steps and run.step % config.checkpoint_every_steps == 0 and not last_batch:
+                _save(run, logs, {"kind": "checkpoint", "epoch": run.epoch, "step": run.step}, pause)
             if last_batch:
                 break
             waited_from = time.perf_counter()
+
         # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
-        pause.maybe(step, "validate")
-        val = errors_from_totals(_sum_over_ranks(
+        pause.maybe(run.step, "validate")
+        val = errors_from_totals(sum_over_ranks(
             eval_totals(model, EvalLoader(config.data, config.eval_batch_size, rank=rank, world_size=world,
                                           crop=config.crop, num_workers=config.loader_workers,
                                           pin_memory=config.gpus_per_worker > 0),
                         plain, devices[0]), world))
-        train = _sum_over_ranks(train_totals.cpu(), world)
-        samples = audit.summary(world)
-        decision = schedule.step(val["top1_error"])
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "lr": schedule.lr,
+        train = sum_over_ranks(run.train_totals.cpu(), world)
+        samples = run.audit.summary(world)
+        decision = run.schedule.step(val["top1_error"])
+        run.set_lr(run.schedule.lr)
+        record = {"kind": "epoch", "epoch": run.epoch + 1, "step": run.step, "lr": run.schedule.lr,
                   "train_loss": train[0].item() / max(train[2].item(), 1),
                   "train_top1_error": 1 - train[1].item() / max(train[2].item(), 1),
                   "val_loss": val["loss"], "val_top1_error": val["top1_error"],
                   "val_top5_error": val["top5_error"], **samples, "decision": decision,
                   "seconds": time.perf_counter() - started}
-        history.append({k: v for k, v in record.items() if k != "kind"})
+        run.history.append({k: v for k, v in record.items() if k != "kind"})
         digests = _replica_digests(model, world)
-        finished_epoch = epoch
-        epoch, epoch_step = epoch + 1, 0
-        train_totals.zero_()
-        audit.reset()
+        best = run.schedule.is_best(run.epoch)
+        run.epoch, run.epoch_step = run.epoch + 1, 0
+        run.train_totals.zero_()
+        run.audit.reset()
         if decision != "stop":
-            loader.set_epoch(epoch)
-        _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit,
-              config, manifest, stats, history, epoch, step, epoch_step, pause, best=schedule.is_best(finished_epoch),
-              scaler=precision.state_dict())
+            loader.set_epoch(run.epoch)
+        _save(run, logs, record, pause, best=best)
+
+    # --- end ---
     if logs:
-        logs.add({"kind": "end", "step": step, "epochs": epoch, "reason": "schedule" if epoch < config.epochs
-                  else "max epochs", "replica_digests": digests})
+        logs.add({"kind": "end", "step": run.step, "epochs": run.epoch,
+                  "reason": "schedule" if run.epoch < config.epochs else "max epochs", "replica_digests": digests})
         logs.close()
 
 
-def _resize(state: dict, world: int, rank: int, loader: TrainLoader, audit: EpochAudit, schedule: PlateauSchedule,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator, config: TrainConfig) -> None:
-    """Continue a checkpoint written by another number of replicas (an elastic run's resize)."""
-    old = state["world_size"]
-    loader.load_state_dict(state["loader"][0])  # mid-epoch: closes the old deal, deals the untrained rest
-    if rank == 0 and "audit" in state:
-        audit.close_ranks(list(state["audit"]))
-    # seeded by (seed, step, rank): two runs resized at the same checkpoints draw the same numbers
-    _seed_all(int(np.random.SeedSequence([config.seed, state["step"], rank]).generate_state(1)[0]), generator)
-    schedule.lr = lr_after_resize(config, world, schedule)
-    for group in optimizer.param_groups:
-        group["lr"] = schedule.lr
-    ranks = f"{world} rank{'s' if world != 1 else ''}"
-    print(f"[rank {rank}] resized from {old} to {world} replicas at step {state['step']}: epoch "
-          f"{state['epoch'] + 1} goes on with its untrained samples dealt to {ranks} "
-          f"({len(loader)} batches each), lr {schedule.lr:g}")
-
-
-def trust_coefficient(config: TrainConfig) -> float:
-    """LARS's eta for the weights' group, 0 (the plain paper update) unless optimizer=lars."""
-    return config.lars_coefficient if config.optimizer == "lars" else 0.0
-
-
-def set_step_lr(optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, config: TrainConfig,
-                epochs_done: float) -> None:
-    """The lr of the next step: the schedule's, times the warmup's ramp while it lasts. Computed from
-    the run's counters (epoch, batch of the epoch), which the checkpoint holds: a resume mid-warmup
-    continues the ramp exactly."""
-    lr = schedule.lr * warmup_factor(epochs_done, config.warmup_epochs, config.warmup_start)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
-    """With `scale_lr` the lr follows the replica count, the schedule's reductions so far kept; else it
-    stays where the schedule left it."""
-    if not config.scale_lr:
-        return schedule.lr
-    return config.lr_for(world) * schedule.factor ** len(schedule.reductions)
-
-
-def _save(rank, world, logs, record, model, optimizer, schedule, loader, generator, train_totals, audit, config,
-          manifest, stats, history, epoch, step, epoch_step, pause: _DebugPause, best: bool = False,
-          scaler: dict | None = None) -> None:
-    """Gather every rank's position and RNG, rank 0 writes the file, everyone reports it to Ray Train."""
-    mine = {"loader": loader.state_dict(), "rng": ckpt.capture_rng(generator), "totals": train_totals.cpu(),
-            "audit": audit.state_dict(), "name": unused_checkpoint_name(logs.run_dir, step) if rank == 0 else None}
-    everyone = [None] * world
-    if world > 1:
-        dist.all_gather_object(everyone, mine)
-    else:
-        everyone = [mine]
+def _save(run: RunState, logs: _Logs | None, record: dict, pause: _DebugPause, best: bool = False) -> None:
+    """Every rank's part of the state gathered, rank 0 writes the file, everyone reports it to Ray Train."""
+    name = unused_checkpoint_name(logs.run_dir, run.step) if run.rank == 0 else None
+    state, name = run.checkpoint(finished=record.get("decision") == "stop", share=name)  # rank 0's name
     metrics = {k: v for k, v in record.items() if k != "kind"}
-    name = everyone[0]["name"]  # rank 0's choice, the same on every rank
-    if rank != 0:
-        pause.maybe(step, "save")
+    if state is None:  # not rank 0
+        pause.maybe(run.step, "save")
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
-    state = ckpt.build(model=ckpt.cpu_state_dict(model), optimizer=ckpt.optimizer_state_cpu(optimizer),
-                       schedule=schedule.state_dict(), scaler=scaler or {}, epoch=epoch, step=step, epoch_step=epoch_step,
-                       loader=[e["loader"] for e in everyone], rng=[e["rng"] for e in everyone],
-                       train_totals=[e["totals"] for e in everyone], audit=[e["audit"] for e in everyone],
-                       config=config.to_dict(),
-                       history=list(history), finished=record.get("decision") == "stop",
-                       num_classes=manifest["num_classes"],
-                       classes=manifest["classes"], stats=stats, world_size=world)
     if record["kind"] == "epoch":
         logs.add(record)
     logs.flush()
     with ckpt.staging_folder() as folder:
         ckpt.write_local(state, folder)
-        pause.maybe(step, "save")
+        pause.maybe(run.step, "save")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=name)
         if best:  # once uploaded: a save cut short must not leave its state as the run's best
             ckpt.write_best(os.path.join(folder, ckpt.FILE_NAME), logs.run_dir)
@@ -311,34 +215,9 @@ def _devices(config: TrainConfig) -> tuple[torch.device, torch.device]:
     return (found[0], found[1]) if len(found) >= 2 else (found[0], found[0])
 
 
-def _seed_all(seed: int, generator: torch.Generator | None = None) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if generator is not None:
-        generator.manual_seed(seed)
-
-
-def _sum_over_ranks(totals: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        totals = totals.clone()
-        dist.all_reduce(totals)  # float64 sums on the CPU (gloo); exact for counts
-    return totals
-
-
-def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
-    value = loss.detach().float().cpu().reshape(1)
-    return (_sum_over_ranks(value, world) / world).item() if world > 1 else value.item()
-
-
 def _replica_digests(model: torch.nn.Module, world: int) -> list[str]:
     """sha256 of each replica's weights; DDP must keep them identical, so a difference is an error."""
-    mine = ckpt.weights_digest(model.state_dict())
-    everyone = [None] * world
-    if world > 1:
-        dist.all_gather_object(everyone, mine)
-    else:
-        everyone = [mine]
+    everyone = gather(ckpt.weights_digest(model.state_dict()), world)
     if len(set(everyone)) != 1:
         raise RuntimeError(f"model replicas diverged: weight digests {everyone}")
     return everyone

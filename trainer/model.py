@@ -219,6 +219,11 @@ class AlexNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Float NCHW images (224 or 227 square, any memory format), on devices[0] → logits on devices[0]."""
+        return self.fc8(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer: both towers' fc7 outputs (after ReLU and, in training, dropout) on
+        devices[0], [B, 2 x fc7 width] (4096 at width 1): the vectors Figure 4's neighbours compare."""
         check_input_size(images.shape)
         pad_w, pad_h = conv1_padding(images.shape[-1]), conv1_padding(images.shape[-2])
         if pad_w or pad_h:
@@ -229,7 +234,7 @@ class AlexNet(nn.Module):
         x = [tower.upper(gather(x, d)) for tower, d in zip(self.towers, devices)]   # conv3
         x = [tower.hidden6(gather(x, d)) for tower, d in zip(self.towers, devices)]  # fc6
         x = [tower.hidden7(gather(x, d)) for tower, d in zip(self.towers, devices)]  # fc7
-        return self.fc8(gather(x, devices[0]))                                       # fc8
+        return gather(x, devices[0])
 
 
 def _state_dict_to_cpu(module: nn.Module, state: dict, prefix: str, metadata: dict) -> None:

@@ -120,6 +120,7 @@ def plot_run(run_dir: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
     if not epochs:
@@ -138,6 +139,7 @@ def plot_run(run_dir: str) -> list[str]:
             ax.axvline(epoch + 0.5, color="grey", linestyle="--", linewidth=1,
                        label="lr / 10" if i == 0 else None)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, even in a 2-epoch run
         ax.set_ylabel("cross-entropy" if name == "loss" else "error (0-1)")
         ax.set_title(f"{name} — {run_dir.rstrip('/').rsplit('/', 1)[-1]}")
         ax.grid(alpha=0.3)
@@ -157,3 +159,56 @@ def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def draw_figure4(queries: list[dict], images: dict, out) -> dict:
+    """The paper's Figure 4 into `out` (a binary file) as PNG. Left: up to 8 query images, each with its
+    true class under it and the network's top-5 as bars (the true class's bar red). Right: up to 5
+    queries in the first column, each followed by its six nearest training images in fc7 space.
+    `images` holds stored JPEG bytes: ("q", i) for query i, ("n", i, j) for its j-th neighbour.
+    Returns what was drawn, counted off the figure itself (figure4.json records it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.shard.images import decode_stored
+
+    left, right = queries[:8], queries[:5]
+    columns = 1 + max((len(q["neighbours"]) for q in right), default=0)
+    fig = plt.figure(figsize=(20, 9), dpi=80)
+    panel_left, panel_right = fig.subfigures(1, 2, width_ratios=[1, 1.25])
+    grid = panel_left.add_gridspec(4, 4, height_ratios=[3, 1.6, 3, 1.6], hspace=0.35)
+    for i, query in enumerate(left):
+        row, col = 2 * (i // 4), i % 4
+        picture = panel_left.add_subplot(grid[row, col])
+        _show(picture, decode_stored(images[("q", i)]), query["class"])
+        bars = panel_left.add_subplot(grid[row + 1, col])
+        top = query["top5"][::-1]  # most probable at the top
+        colours = ["#d62728" if t["label"] == query["label"] else "#1f77b4" for t in top]
+        bars.barh(range(len(top)), [t["probability"] for t in top], color=colours)
+        for y, t in enumerate(top):
+            bars.text(0.01, y, t["class"][:24], va="center", fontsize=7)
+        bars.set_xlim(0, 1)
+        bars.set_yticks([])
+        bars.tick_params(labelsize=6)
+    grid = panel_right.add_gridspec(len(right) or 1, columns, wspace=0.05, hspace=0.25)
+    for i, query in enumerate(right):
+        _show(panel_right.add_subplot(grid[i, 0]), decode_stored(images[("q", i)]), f"query: {query['class']}")
+        for j, hit in enumerate(query["neighbours"]):
+            _show(panel_right.add_subplot(grid[i, 1 + j]), decode_stored(images[("n", i, j)]),
+                  f"{hit['class']} ({hit['distance']:.1f})")
+    fig.savefig(out, format="png")
+    drawn = {"image_panels": sum(len(ax.images) for ax in fig.axes),
+             "bar_panels": sum(1 for ax in fig.axes if ax.patches), "left_images": len(left),
+             "right_rows": len(right), "right_columns": columns,
+             "pixels": [int(v) for v in fig.get_size_inches() * fig.dpi]}
+    plt.close(fig)
+    return drawn
+
+
+def _show(ax, image, caption: str) -> None:
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(caption[:28], fontsize=7)

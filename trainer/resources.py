@@ -5,22 +5,23 @@ what is up at submit time says nothing. Where the cluster publishes its limits (
 record, read with `ray._private.state.state.get_cluster_config()`, the source Ray Train's own worker
 group checks; `cluster/limits.py` publishes it for the clusters we define), a request is judged against
 the node types and their max counts: one that can never fit fails at once, one that fits is submitted
-and waits for its nodes. A cluster that publishes no limits (one without an autoscaler, or one not
-defined here: neither Ray's autoscaler nor KubeRay's publishes them) keeps the immediate check against
-what is up, and the error says how to publish them.
+and waits for its nodes. A cluster that publishes no limits but runs an autoscaler (one not defined
+here: neither Ray's autoscaler nor KubeRay's publishes them; trainer/autoscaler.py finds it where `ray
+status` does) is waited on too, saying that without limits "not yet" cannot be told from "never". One
+without an autoscaler keeps the immediate check against what is up, and the error says how to publish
+limits. Every wait ends after `wait_timeout` seconds with one line naming what never came.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 from pipeline.errors import UserError
 from trainer.config import TrainConfig
 
 WAIT_REPORT_SECONDS = 10.0
-PUBLISH_HINT = (" and publishes no autoscaling limits (if it autoscales, run `python -m cluster.limits "
-                "AUTOSCALER_CONFIG` on its head, as cluster/aws.yaml does)")
+PUBLISH_HINT = (", publishes no autoscaling limits and reports no autoscaler (`ray status` would show one); if "
+                "it autoscales, run `python -m cluster.limits AUTOSCALER_CONFIG` on its head, as cluster/aws.yaml does")
 
 
 def worker_request(config: TrainConfig) -> dict[str, float]:
@@ -42,38 +43,57 @@ def check(config: TrainConfig) -> str | None:
         return None
     groups = _node_groups()
     if groups is None:
-        _check_now(config, up)  # raises: without published limits, what is up is all we know of
-        return None
+        from trainer.autoscaler import running_autoscaler
+
+        autoscaler = running_autoscaler()
+        if autoscaler is None:
+            _check_now(config, up)  # raises: without published limits or an autoscaler, what is up is all there is
+            return None
+        return (f"{_asks(config)}; up now: {_up(up)}; the cluster publishes no autoscaling limits but runs "
+                f"an autoscaler ({autoscaler}), so this cannot tell nodes not started yet from nodes that "
+                f"never will: {_giving_up(config)}")
     placeable = sum(fit * count for resources, count in groups if (fit := _workers_on_node(per_worker, resources)))
     if placeable < config.workers:
         raise UserError(f"{_asks(config)}; the cluster can grow to at most {_describe(groups)} nodes, "
                         f"room for {placeable:g} such worker(s): lower --workers or the per-worker resources")
-    return f"{_asks(config)}; the autoscaler can add them ({_describe(groups)})"
+    return f"{_asks(config)}; the autoscaler can add them ({_describe(groups)}); {_giving_up(config)}"
 
 
-def wait_reporter(config: TrainConfig, reason: str) -> threading.Event:
-    """Print what the run waits for, and what is up, until the cluster holds it; set the event to stop."""
+def wait_for_nodes(config: TrainConfig, reason: str) -> None:
+    """Hold what the run needs in a placement group of Ray Train's shape (one bundle per worker, PACK),
+    which is what makes an autoscaler add nodes, until it is placed; print what is waited for and what
+    is up meanwhile. The group is removed before Ray Train asks for its own on the nodes now up. After
+    `wait_timeout` seconds a UserError says what never came; nothing was written by then."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    started = time.monotonic()
+    timeout = config.wait_timeout or float("inf")
+    group = placement_group([worker_request(config)] * config.workers, strategy="PACK")
+    print(f"alexnet train: waiting for nodes: {reason}", flush=True)
+    try:
+        while not group.wait(timeout_seconds=min(WAIT_REPORT_SECONDS, max(timeout - (time.monotonic() - started), 0))):
+            waited = time.monotonic() - started
+            if waited >= timeout:
+                raise UserError(f"gave up after waiting {waited:.0f} s (wait_timeout) for nodes that never came: "
+                                f"{_asks(config)}; up: {_up(ray.cluster_resources())}")
+            print(f"alexnet train: still waiting ({waited:.0f} s) for {_asks(config)}; "
+                  f"up now: {_up(ray.cluster_resources())}", flush=True)
+    finally:
+        remove_placement_group(group)
+    print(f"alexnet train: nodes up after {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _up(resources: dict) -> str:
     import ray
 
-    stop = threading.Event()
-    per_worker = worker_request(config)
-    started = time.monotonic()
+    return f"{sum(n['Alive'] for n in ray.nodes())} node(s) with {_format(resources)}"
 
-    def report() -> None:
-        print(f"alexnet train: waiting for nodes: {reason}", flush=True)
-        while not stop.wait(WAIT_REPORT_SECONDS):
-            try:
-                up, nodes = ray.cluster_resources(), [n for n in ray.nodes() if n["Alive"]]
-            except Exception:  # the driver is shutting down
-                return
-            if _fits_totals(per_worker, config.workers, up):
-                print(f"alexnet train: nodes up after {time.monotonic() - started:.0f} s", flush=True)
-                return
-            print(f"alexnet train: still waiting ({time.monotonic() - started:.0f} s) for {_asks(config)}; "
-                  f"up now: {len(nodes)} node(s) with {_format(up)}", flush=True)
 
-    threading.Thread(target=report, name="alexnet-wait-for-nodes", daemon=True).start()
-    return stop
+def _giving_up(config: TrainConfig) -> str:
+    if not config.wait_timeout:
+        return "waiting without end (wait_timeout 0)"
+    return f"giving up after {config.wait_timeout:g} s (--wait-timeout)"
 
 
 def _asks(config: TrainConfig) -> str:

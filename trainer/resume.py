@@ -28,6 +28,38 @@ PREFIX = "checkpoint-"
 
 
 def repair_run(run_dir: str, log=print) -> list[str]:
+    """Before Ray Train reads the run folder: drop unreadable checkpoints from the newest end of its list
+    and remove the folders it never listed; return the names skipped or removed."""
+    return _drop_unreadable(run_dir, log) + remove_unregistered(run_dir, log)
+
+
+def remove_unregistered(run_dir: str, log=print) -> list[str]:
+    """Delete the checkpoint folders Ray Train's list does not hold, and return their names.
+
+    A worker uploads a checkpoint before the controller registers it; a run stopped in between (Ctrl-C,
+    a killed driver, a full disk) leaves a folder, whole or cut off, that Ray Train never resumes from
+    and never prunes: it would stay for good beside `keep_checkpoints` others (and `alexnet eval`
+    would score it as part of the run). The run goes on from the last registered one."""
+    listed = set(registered(run_dir))
+    removed = sorted((name for name in _checkpoint_names(run_dir) if name not in listed), key=_step_key)
+    for name in removed:
+        log(f"alexnet train: removing checkpoint {name}: written but never registered with Ray Train "
+            f"(the run stopped before it was); the run goes on from its last registered checkpoint")
+        storage.delete_tree(storage.join(run_dir, name))
+    return removed
+
+
+def registered(run_dir: str) -> list[str]:
+    """The checkpoint folder names Ray Train's list holds (kept or still pending), oldest first."""
+    location = storage.join(run_dir, SNAPSHOT)
+    if not storage.exists(location):
+        return []
+    snapshot = json.loads(storage.read_bytes(location))
+    entries = snapshot["checkpoint_results"] + snapshot.get("pending_training_results", [])
+    return [entry["checkpoint_dir_name"] for entry in entries]
+
+
+def _drop_unreadable(run_dir: str, log) -> list[str]:
     """Drop unreadable checkpoints from the newest end of Ray Train's list; return the skipped names."""
     location = storage.join(run_dir, SNAPSHOT)
     if not storage.exists(location):

@@ -19,7 +19,8 @@ import time
 from importlib.metadata import version
 
 from pipeline import storage
-from pipeline.errors import UserError
+from pipeline.errors import UserError, storage_error_in, storage_error_text
+from pipeline.ray_instance import own_ray
 from pipeline.shard.images import CHROMA_SUBSAMPLING
 from pipeline.shard.labels import check_class_names, read_class_list, read_labels
 from pipeline.shard.progress import Progress, plural
@@ -40,6 +41,9 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
                 custom_split: bool = False) -> int:
     """Shard one split; returns the exit status (0: split finished, manifest written)."""
     _check_flags(split, shard_size, size, quality, max_skip_fraction, max_in_flight, custom_split)
+    # Ray tasks run in another working directory: relative paths are this command's, fixed here
+    src, out = storage.absolute(src), storage.absolute(out)
+    labels, synset_map, classes = (storage.absolute(p) if p else p for p in (labels, synset_map, classes))
     if chroma not in CHROMA_SUBSAMPLING:
         raise UserError(f"--chroma {chroma}: use one of {', '.join(CHROMA_SUBSAMPLING)}")
     started = time.monotonic()
@@ -47,6 +51,7 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
     scan = find_inputs(src, labels_map)
     inputs = scan.inputs[:limit] if limit is not None else scan.inputs
     class_list = _class_list(out, split, classes, scan, inputs)
+    _warn_if_train_source(out, split, src)
     label_of = {synset: index for index, (synset, _) in enumerate(class_list)}
     unknown = sorted({item.synset for item in inputs} - label_of.keys())
     if unknown:
@@ -55,7 +60,7 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
                         f"({example}); the class list comes from {_class_source(out, split, classes)}")
     config = {"format": FORMAT_VERSION, "split": split, "seed": seed, "shard_size": shard_size,
               "image_size": size, "jpeg_quality": quality, "chroma_subsampling": chroma,
-              "inputs_sha256": _digest([[i.key, i.path, i.synset] for i in inputs]),
+              "inputs_sha256": _inputs_digest(inputs),
               "skipped_sha256": _digest(scan.skipped), "classes_sha256": _digest(class_list)}
     check_writable(out)
     if _already_done(out, split, config, overwrite):
@@ -112,9 +117,14 @@ def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: l
         return read_class_list(classes)
     if split == TRAIN:
         synsets = sorted(set(scan.class_folders or ()) | {item.synset for item in inputs})
-        empty = sorted(set(synsets) - {item.synset for item in inputs})
+        empty = sorted(set(synsets) - {item.synset for item in scan.inputs})  # empty folders, not --limit's
         for warning in check_class_names(synsets, empty):
             print(f"warning: {warning}", file=sys.stderr)
+        left_out = len(set(synsets) - set(empty) - {item.synset for item in inputs})
+        if left_out:
+            print(f"warning: --limit {len(inputs)}: {plural(left_out, 'class', 'classes')} of {len(synsets)} get no "
+                  "samples (their inputs come after the first ones); kept as classes so indices do not shift",
+                  file=sys.stderr)
         return [(synset, "") for synset in synsets]
     if not storage.exists(manifest_location(out, TRAIN)):
         raise UserError(f"split {split!r} takes its class indices from the train split: shard the train split "
@@ -123,8 +133,31 @@ def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: l
     return [(c["synset"], c.get("name", "")) for c in manifest["classes"]]
 
 
+def _warn_if_train_source(out: str, split: str, src: str) -> None:
+    """The train split's own input given again for another split: its samples would be scored as unseen."""
+    location = manifest_location(out, TRAIN)
+    if split == TRAIN or not storage.exists(location):
+        return
+    train_source = read_manifest(out, TRAIN).get("source", "").rstrip("/")
+    inside = [a for a, b in ((src, train_source), (train_source, src)) if a == b or a.startswith(b.rstrip("/") + "/")]
+    if train_source and inside:
+        print(f"warning: {src} is (or overlaps) {train_source}, which the train split in {out} was made from: "
+              f"a {split} split should hold images training never sees", file=sys.stderr)
+
+
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
+
+
+def _inputs_digest(inputs: list[Input], piece: int = 2000) -> str:
+    """_digest of [[key, path, synset], ...], hashed a piece at a time: the same bytes (so a rerun keeps
+    its configuration) without the whole list and its JSON (~300 MB at 1.28M inputs)."""
+    digest = hashlib.sha256(b"[")
+    for start in range(0, len(inputs), piece):
+        text = json.dumps([[i.key, i.path, i.synset] for i in inputs[start:start + piece]], separators=(",", ":"))
+        digest.update(("," if start else "").encode() + text[1:-1].encode())
+    digest.update(b"]")
+    return digest.hexdigest()
 
 
 def _already_done(out: str, split: str, config: dict, overwrite: bool) -> bool:
@@ -163,17 +196,33 @@ def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: di
     dataset), each retried by Ray on failure; records come back in shard order."""
     import ray
 
-    if not ray.is_initialized():
-        # No dashboard for an instance started here: it lives as long as this command, and its processes
-        # cost more CPU than the driver does (benchmarks/bench_shard.py). Ignored when connecting to a cluster.
-        ray.init(address=address, logging_level="WARNING", configure_logging=True, include_dashboard=False)
+    if ray.is_initialized():  # the caller's connection (the demo's, a benchmark's)
+        return _shard_tasks_on_ray(out, split, plan, label_of, progress, size=size, quality=quality,
+                                   chroma=chroma, max_in_flight=max_in_flight)
+    # No dashboard for an instance started here: it lives as long as this command, and its processes
+    # cost more CPU than the driver does (benchmarks/bench_shard.py). Ignored when connecting to a cluster.
+    try:
+        with own_ray(address, include_dashboard=False):
+            return _shard_tasks_on_ray(out, split, plan, label_of, progress, size=size, quality=quality,
+                                       chroma=chroma, max_in_flight=max_in_flight)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finished shards in {out} are kept: give the same command again to "
+                                "continue") from None
+
+
+def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int],
+                        progress: Progress, *, size: int, quality: int, chroma: str,
+                        max_in_flight: int | None) -> list[dict]:
+    import ray
+
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(write_shard)
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_write_shard_once_for_storage_errors)
     records: list[dict | None] = [None] * len(plan)
     pending: dict = {}
     next_shard = 0
+    storage_error = None
     while next_shard < len(plan) or pending:
-        while next_shard < len(plan) and len(pending) < limit:
+        while next_shard < len(plan) and len(pending) < limit and storage_error is None:
             samples = [(item, label_of[item.synset]) for item in plan[next_shard]]
             ref = task.remote(out, split, next_shard, samples, size=size, quality=quality, chroma=chroma,
                               with_stats=split == TRAIN)
@@ -190,10 +239,29 @@ def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: di
                     cause += " (install alexnet-ray on every Ray node, or run it with `alexnet submit`)"
                 raise UserError(f"shard {index} of split {split!r} failed after retries: {cause}. Finished "
                                 "shards are kept: rerun the same command to continue") from None
+            if "storage_error" in record:  # no new task; those in flight end (and clean up) first
+                storage_error = storage_error or f"shard {index} of split {split!r}: {record['storage_error']}"
+                continue
             record["rows"] = rows_table(record["rows"])
             records[index] = record
             progress.update(len(plan[index]))
+    if storage_error:
+        raise UserError(f"{storage_error}. Finished shards are kept and no partial one is left: free space "
+                        "(or fix the permissions) and give the same command again to continue")
     return records  # type: ignore[return-value]
+
+
+def _write_shard_once_for_storage_errors(out: str, *args, **kwargs) -> dict:
+    """The shard task: `write_shard`, except that an error no retry can cure (a full disk, no permission,
+    a read-only mount) comes back as {"storage_error": one line} instead of being retried 3 times by Ray,
+    a traceback each. write_shard deletes its temporary file on the way out."""
+    try:
+        return write_shard(out, *args, **kwargs)
+    except OSError as error:
+        cause = storage_error_in(error)
+        if cause is None:
+            raise
+        return {"storage_error": storage_error_text(cause, out)}
 
 
 def _finish(out: str, split: str, src: str, config: dict, class_list: list[tuple[str, str]],

@@ -135,6 +135,7 @@ def check_class_names(synsets: list[str], empty: list[str]) -> list[str]:
                         "indices are their sorted positions (pass --classes FILE to pin the class list)")
     if empty:
         named = ", ".join(f"{s} (class {synsets.index(s)})" for s in empty[:5]) + (" ..." if len(empty) > 5 else "")
-        warnings.append(f"{len(empty)} class folder(s) hold no input: {named}; kept as classes with no samples, "
+        holds = "class folder holds" if len(empty) == 1 else "class folders hold"
+        warnings.append(f"{len(empty)} {holds} no input: {named}; kept as classes with no samples, "
                         "so the indices after them do not shift (pass --classes FILE to pin the class list)")
     return warnings

@@ -1,0 +1,51 @@
+"""Every command that starts Ray runs on the instance the user named (--address, else RAY_ADDRESS) or on a
+new private one of its own, never on one it finds on the machine (pipeline/ray_instance.py); relative
+paths are the user's, whichever cluster runs the tasks. `alexnet train` beside a foreign head is checked
+in tests/test_first_hour.py (the same fixture)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import alexnet_cmd, drivers_of, run_cli
+from imagenet_trees import class_tree, sample_files
+from pipeline.ray_instance import chosen_address
+
+
+def test_the_flag_then_ray_address_else_a_private_instance(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert chosen_address(None) is None  # never Ray's own search (ray_current_cluster, running GCSs)
+    assert chosen_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "")  # set but empty, as `RAY_ADDRESS= alexnet ...` gives it
+    assert chosen_address(None) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    assert chosen_address(None) == "10.0.0.7:6379"
+    assert chosen_address("auto") == "auto"  # the flag wins over the environment
+
+
+@pytest.mark.slow
+def test_shard_beside_a_foreign_ray_keeps_to_its_own_instance_and_the_users_folder(foreign_ray, ray_head,
+                                                                                   tmp_path):
+    user = tmp_path / "user"
+    class_tree(user / "images", sample_files()[:3], per_class=2)
+    # no address and Ray's own auth default (the suite pins it off); its token goes to a home of its own
+    no_address = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")},
+                  "HOME": str(tmp_path / "home")}
+    command = subprocess.Popen(alexnet_cmd("shard", "images", "out", "--split", "train", "--shard-size", "4"),
+                               cwd=user, env=no_address, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    console = command.communicate(timeout=300)[0]
+    assert command.returncode == 0, console
+    assert json.loads((user / "out" / "train.manifest.json").read_text())["total_samples"] == 6
+    assert "Token authentication" not in console  # a private instance needs no alarm
+    assert (tmp_path / "home" / ".ray" / "auth_token").is_file()  # and has token auth, as by Ray's default
+    # a named cluster started from another folder (the session's head, started from the repository): the
+    # tasks run there, and still write where the user's relative path points
+    run_cli("shard", "images", "named", "--split", "train", "--shard-size", "4", "--address", ray_head,
+            cwd=user, timeout=300)
+    assert json.loads((user / "named" / "train.manifest.json").read_text())["total_samples"] == 6
+    assert not (foreign_ray["cwd"] / "out").exists()
+    assert command.pid not in drivers_of(foreign_ray["session"])  # it never joined the foreign head
