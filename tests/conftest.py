@@ -287,8 +287,10 @@ def small_dataset(ray_head, sample_images, tmp_path_factory) -> str:
 
 # 120 training samples, batch 8 on each of 2 replicas: 7 steps per epoch; checkpoints at steps 4, 7
 # (epoch end), 8, 12, 14 (end); step 10 is mid-epoch 1, two steps after the checkpoint at step 8.
+# The lr warms up over 1.5 epochs (10.5 steps): the resumes from step 8 continue the ramp mid-way.
 TINY = {"workers": 2, "batch_size": 8, "eval_batch_size": 16, "width": 0.25, "epochs": 2,
-        "checkpoint_every_steps": 4, "log_every_steps": 2, "loader_workers": 0, "keep_checkpoints": 2}
+        "checkpoint_every_steps": 4, "log_every_steps": 2, "loader_workers": 0, "keep_checkpoints": 2,
+        "warmup_epochs": 1.5}
 
 
 def train_args(data, name, storage_path, config, address):
@@ -310,6 +312,8 @@ def reference(small_dataset, ray_head, tiny_config, tmp_path_factory) -> str:
     runs = tmp_path_factory.mktemp("runs")
     result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
     assert '"workers": 2' in result.stdout  # the resolved config is printed at the start
+    # the console's first line says the precision in force
+    assert result.stdout.splitlines()[0] == "alexnet train: precision fp32, deterministic kernels (bitwise reproducible)"
     return str(runs / "reference")
 
 

@@ -35,7 +35,12 @@ def test_file_then_flags_then_set(tmp_path):
     ("momentum=2", ["momentum", "at most 1"]),
     ("gpus_per_worker=3", ["gpus_per_worker", "one of 0, 1, 2"]),
     ("crop=64", ["crop", "at least 223"]),
-    ("deterministic=maybe", ["deterministic", "bool"]),
+    ("deterministic=maybe", ["deterministic", "one of auto, true, false"]),
+    ("precision=fp8", ["precision", "one of auto, fp32, bf16, fp16"]),
+    ("optimizer=adam", ["optimizer", "one of sgd, lars"]),
+    ("warmup_epochs=-1", ["warmup_epochs", "at least 0"]),
+    ("lars_coefficient=0", ["lars_coefficient", "greater than 0"]),
+    ("compile=maybe", ["compile", "bool"]),
     ("lrr=0.1", ["unknown config key 'lrr'", "did you mean 'lr'"]),
     ("lr", ["expected key=value"]),
 ])
@@ -77,3 +82,15 @@ def test_cli_reports_a_bad_value_in_one_line_before_starting_anything(tmp_path):
     result = run_cli("train", "--data", str(tmp_path / "nothing"), "--name", "r", check=False, timeout=60)
     assert result.returncode == 2 and "train.manifest.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_deterministic_takes_the_old_booleans_and_the_new_auto(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("data: /d\nname: n\ndeterministic: false\nprecision: BF16\n")
+    c = resolve_config(str(yaml_file))
+    assert (c.deterministic, c.precision) == ("false", "bf16")
+    assert resolve_config(None, ["deterministic=true"], data="/d", name="n").deterministic == "true"
+    assert resolve_config(None, (), data="/d", name="n").deterministic == "auto"
+    # a run folder's config.json written before `auto` existed still reads back
+    old = {**c.to_dict(), "deterministic": True}
+    assert config_from_dict(old).deterministic == "true"

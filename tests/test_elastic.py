@@ -11,13 +11,15 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.loader.loaders import TrainLoader
 from pipeline.loader.deals import Deal, close
 from pipeline.loader.plan import deal_size, rank_batch_positions, worker_plan
 from trainer.config import resolve_config
-from trainer.state import lr_after_resize
-from trainer.schedule import PlateauSchedule
+from trainer.optim import PaperSGD
+from trainer.schedule import PlateauSchedule, warmup_factor
+from trainer.state import lr_after_resize, set_step_lr
 
 
 def train_deal(shards, deals, world, workers, batch, trained_batches, seed=4, epoch=1, window=7):
@@ -105,6 +107,20 @@ def test_with_scale_lr_the_lr_follows_the_replicas_and_keeps_the_schedules_reduc
     assert lr_after_resize(config, 3, schedule) == pytest.approx(0.03 * 0.1 ** 2, rel=1e-12)
     fixed = resolve_config(None, ["lr=0.01"], data="d", name="n", workers="2:8")
     assert lr_after_resize(fixed, 3, schedule) == schedule.lr
+
+
+def test_mid_warmup_a_resize_moves_the_ramps_target_to_the_new_replica_count():
+    config = resolve_config(None, ["scale_lr=true", "lr=0.01", "warmup_epochs=2", "warmup_start=0.2"],
+                            data="d", name="n", workers="2:8")
+    schedule = PlateauSchedule(config.lr_for(4), warmup_epochs=config.warmup_epochs)
+    optimizer = PaperSGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    set_step_lr(optimizer, schedule, config, 0.5)  # a quarter through the warmup, on 4 replicas
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.04 * (0.2 + 0.8 * 0.25), rel=1e-12)
+    schedule.lr = lr_after_resize(config, 6, schedule)  # the loop's resize, then its next step
+    set_step_lr(optimizer, schedule, config, 0.75)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.06 * (0.2 + 0.8 * 0.375), rel=1e-12)
+    set_step_lr(optimizer, schedule, config, 2.0)  # the warmup over: the target itself
+    assert optimizer.param_groups[0]["lr"] == 0.06 and warmup_factor(2.0, 2.0, 0.2) == 1.0
 
 
 def test_the_audit_counts_samples_trained_once_and_again_across_checkpoints_and_resizes():

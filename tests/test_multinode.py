@@ -83,7 +83,7 @@ def test_shard_tasks_spread_over_both_nodes(three_nodes, sample_images, tmp_path
 # CPU the same weights and records.
 ELASTIC = {**TINY, "workers": "1:2", "epochs": 1, "batch_size": 14, "checkpoint_every_steps": 2,
            "log_every_steps": 1, "keep_checkpoints": 1, "resize_check_seconds": 1.0, "scale_lr": True,
-           "lr": 0.005}
+           "lr": 0.005, "warmup_epochs": 0}
 ELASTIC_STEPS = 5
 
 

@@ -94,3 +94,51 @@ def test_rejects_bad_hyperparameters():
         PaperSGD([w], lr=0)
     with pytest.raises(ValueError):
         PaperSGD([w], lr=0.1, momentum=1.5)
+
+
+def lars_rule(w, v, grad, lr, eta, momentum=0.9, decay=5e-4):
+    """LARS (You et al. 2017) on the paper's velocity, by hand in float64:
+    trust = eta ||w|| / (||g|| + decay ||w||);  v <- m v - lr trust (g + decay w);  w <- w + v."""
+    w_norm, g_norm = np.sqrt((w * w).sum()), np.sqrt((grad * grad).sum())
+    trust = eta * w_norm / (g_norm + decay * w_norm) if w_norm > 0 and g_norm > 0 else 1.0
+    v = momentum * v - lr * trust * (grad + decay * w)
+    return w + v, v
+
+
+def test_lars_scales_each_weight_tensor_by_its_trust_ratio_and_leaves_biases_alone():
+    rng = np.random.default_rng(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)).double()
+    eta, lr = 0.02, 0.5
+    groups = param_groups(model, 5e-4, decay_biases=False, trust_coefficient=eta)
+    assert groups[0]["trust_coefficient"] == eta and "trust_coefficient" not in groups[1]
+    opt = PaperSGD(groups, lr=lr)
+    plain = copy.deepcopy(model)  # biases must move exactly as under the plain paper update
+    plain_opt = PaperSGD(param_groups(plain, 5e-4, decay_biases=False), lr=lr)
+    ours = {n: (p.detach().numpy().copy(), np.zeros(p.shape)) for n, p in model.named_parameters()}
+    for lr_now in (lr, lr, lr / 10):  # an lr change between steps, as the schedule makes
+        for group in opt.param_groups + plain_opt.param_groups:
+            group["lr"] = lr_now
+        for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+            grad = rng.normal(size=p.shape) * (3.0 if p.ndim > 1 else 1.0)
+            p.grad, q.grad = torch.tensor(grad), torch.tensor(grad)
+            if p.ndim > 1:
+                ours[name] = lars_rule(*ours[name], grad, lr_now, eta)
+        opt.step()
+        plain_opt.step()
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                np.testing.assert_allclose(p.detach().numpy(), ours[name][0], rtol=0, atol=1e-14)
+                np.testing.assert_allclose(opt.state[p]["velocity"].numpy(), ours[name][1], rtol=0, atol=1e-14)
+        for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+            if p.ndim == 1:
+                assert torch.equal(p, q), name
+    # the trust ratio really changed the weights' steps (eta ||w|| / ||g|| is far from 1 here)
+    assert not torch.equal(model[0].weight, plain[0].weight)
+
+
+def test_lars_takes_a_plain_step_where_a_norm_is_zero():
+    w = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
+    opt = PaperSGD([{"params": [w], "weight_decay": 0.0, "trust_coefficient": 0.001}], lr=0.1)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert torch.equal(w.detach(), torch.full((3, 2), -0.1, dtype=torch.float64))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.schedule import PlateauSchedule
+from trainer.schedule import PlateauSchedule, warmup_factor
 
 
 def run(errors, **kwargs):
@@ -83,3 +83,25 @@ def test_state_dict_is_strict_json_before_and_after_improvements():
     restored = PlateauSchedule(0.01, patience=1)
     restored.load_state_dict(json.loads(json.dumps(states[0], allow_nan=False)))
     assert restored.step(0.95) == "continue" and restored.best_error == 0.95  # the first epoch improves
+
+
+def test_warmup_is_linear_in_steps_from_start_to_one():
+    # 2.5 epochs of 4 steps: step s (steps done) of the run gives start + (1 - start) * (s / 4) / 2.5
+    steps_per_epoch, warmup, start = 4, 2.5, 0.1
+    for s in range(14):
+        want = min(1.0, start + (1 - start) * s / (steps_per_epoch * warmup))
+        got = warmup_factor(s // steps_per_epoch + (s % steps_per_epoch) / steps_per_epoch, warmup, start)
+        assert got == pytest.approx(want, abs=1e-15), s
+    assert warmup_factor(0.0, 2.5, 0.1) == 0.1
+    assert warmup_factor(2.5, 2.5, 0.1) == 1.0
+    assert warmup_factor(0.0, 0.0, 0.1) == 1.0  # no warmup
+
+
+def test_epochs_ending_within_the_warmup_never_count_as_plateaus():
+    # patience 1: without warmup, the flat second epoch reduces at once
+    _, plain = run([0.9, 0.9, 0.9], patience=1, max_reductions=3)
+    assert plain[:2] == ["continue", "reduce"]
+    # warmup 2.5 epochs: epochs 1 and 2 end within it, epoch 3 (ending after it) is the first to count
+    schedule, warm = run([0.9, 0.9, 0.9, 0.9], patience=1, max_reductions=3, warmup_epochs=2.5)
+    assert warm == ["continue", "continue", "reduce", "reduce"]
+    assert schedule.best_error == 0.9 and schedule.reductions == [2, 3]

@@ -65,7 +65,7 @@ def saved(small_dataset) -> dict:
     train_batches(run, 3)
     state, share = run.checkpoint(finished=False, share="checkpoint-00000003")
     assert share == "checkpoint-00000003" and state["epoch_step"] == 3
-    assert set(state) == FORMAT_1 and state["format"] == ckpt.FORMAT == 1
+    assert set(state) == FORMAT_1 | {"scaler"} and state["format"] == ckpt.FORMAT == 1  # scaler: optional
     return torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True)
 
 
@@ -78,7 +78,7 @@ def test_a_restored_state_saves_the_same_checkpoint(small_dataset, saved):
 
 
 @pytest.mark.parametrize("change, named", [
-    (lambda s: s.update(scaler={"scale": 65536.0}), "holds scaler, which this version does not restore"),
+    (lambda s: s.update(ema={"decay": 0.999}), "holds ema, which this version does not restore"),
     (lambda s: s.pop("schedule"), "lacks schedule"),
     (lambda s: s.pop("rng"), "lacks rng"),
 ])
@@ -94,23 +94,23 @@ def test_a_checkpoint_the_state_would_not_restore_exactly_is_refused_naming_the_
 
 
 def test_a_newly_registered_part_is_saved_restored_and_demanded(small_dataset, saved):
-    """How a new piece of state joins (issue 25's GradScaler and warmup counter): one registration each."""
+    """How a new piece of state joins (a GradScaler and a counter): one registration each."""
     def with_new_parts(scale: float) -> RunState:
         run = RunState(config(small_dataset), 0, 1, CPU)
-        run.scaler, run.warmup_steps = torch.amp.GradScaler("cpu", init_scale=scale), 0
-        run.track("scaler", run.scaler)
+        run.loss_scale, run.warmup_steps = torch.amp.GradScaler("cpu", init_scale=scale), 0
+        run.track("loss_scale", run.loss_scale)
         run.track_attribute("warmup_steps")
         return run
 
     run = with_new_parts(1024.0)
-    with pytest.raises(CheckpointMismatch, match="lacks scaler, warmup_steps"):  # a checkpoint from before
+    with pytest.raises(CheckpointMismatch, match="lacks loss_scale, warmup_steps"):  # a checkpoint from before
         run.restore(saved, "checkpoint-00000003")
     run.warmup_steps = 17
     state, _ = run.checkpoint(finished=False)
     state = torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True)
     fresh = with_new_parts(65536.0)
     fresh.restore(state, "new")
-    assert fresh.warmup_steps == 17 and fresh.scaler.get_scale() == 1024.0
+    assert fresh.warmup_steps == 17 and fresh.loss_scale.get_scale() == 1024.0
     with pytest.raises(ValueError, match="registered twice"):
         fresh.track_attribute("warmup_steps")
 
@@ -136,3 +136,17 @@ def test_a_checkpoint_of_one_rank_continues_on_two(small_dataset, saved):
     trained = set(np.flatnonzero(np.unpackbits(saved["audit"][0]["bits"].numpy(), count=zero.audit.samples)))
     dealt = [set(np.concatenate(list(run.loader.batch_positions())).tolist()) for run in ranks]
     assert len(trained) == 24 and not dealt[0] & dealt[1] and not (dealt[0] | dealt[1]) & trained
+
+
+def test_a_resume_mid_warmup_continues_the_ramp(small_dataset):
+    run = RunState(config(small_dataset, warmup_epochs=2.0), 0, 1, CPU)
+    train_batches(run, 3)
+    batches = len(run.loader)  # 15: 120 samples, batch 8
+    run.set_step_lr(batches)
+    want = 0.01 * (0.1 + 0.9 * (3 / batches) / 2.0)  # the 4th step of a 2-epoch ramp from 0.1 x 0.01
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12)
+    state, _ = run.checkpoint(finished=False)
+    fresh = RunState(config(small_dataset, warmup_epochs=2.0), 0, 1, CPU)
+    fresh.restore(torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True), "mid-warmup")
+    fresh.set_step_lr(len(fresh.loader))
+    assert [g["lr"] for g in fresh.optimizer.param_groups] == [g["lr"] for g in run.optimizer.param_groups]

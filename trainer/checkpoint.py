@@ -6,6 +6,7 @@ goes in, and how it comes back, is decided in one place, trainer/state.py (RunSt
     model           the model's state_dict, device-agnostic (CPU tensors)
     optimizer       PaperSGD's state_dict (velocities, param groups with the current lr)
     schedule        PlateauSchedule.state_dict()
+    scaler          the fp16 gradient scaler's state_dict ({} under fp32 and bf16; absent before it existed)
     epoch, step     the epoch in progress and the global step count (optimiser steps done)
     loader          one TrainLoader.state_dict() per rank (epoch, batches consumed in the current deal, seed,
                     the epoch's closed deals: what a resized run needs to deal only untrained samples)

@@ -52,6 +52,13 @@ class TrainConfig:
     momentum: float = _f(0.9, "momentum of PaperSGD's velocity", min=0.0, max=1.0)
     weight_decay: float = _f(5e-4, "weight decay of PaperSGD", min=0.0)
     decay_biases: bool = _f(False, "apply weight decay to biases too (cuda-convnet decayed weights only)")
+    optimizer: str = _f("sgd", "sgd: the paper's PaperSGD; lars: PaperSGD with LARS's layer-wise trust ratio "
+                        "on the weights (You et al. 2017; global batches past ~4K)", choices=("sgd", "lars"))
+    lars_coefficient: float = _f(0.001, "optimizer=lars: the trust coefficient eta (trust = eta |w| / "
+                                 "(|grad| + weight_decay |w|))", above=0.0, max=1.0)
+    warmup_epochs: float = _f(0.0, "ramp the lr linearly up to its target over this many epochs, counted in "
+                              "steps (Goyal et al. 2017; 0: none); plateaus count only after it", min=0.0)
+    warmup_start: float = _f(0.1, "the warmup's first lr, as a fraction of its target", above=0.0, max=1.0)
     epochs: int = _f(90, "maximum number of epochs", min=1)
     steps_per_epoch: int = _f(0, "stop each epoch after this many steps (0: the whole epoch; smoke runs)",
                               min=0)
@@ -84,7 +91,14 @@ class TrainConfig:
     log_every_steps: int = _f(20, "write a step record (loss, lr, images/s) every N steps", min=1)
     max_failures: int = _f(3, "worker failures to recover from before the run fails", min=0)
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout", min=0)
-    deterministic: bool = _f(True, "deterministic kernels (bitwise-reproducible on the CPU)")
+    deterministic: str = _f("auto", "true: deterministic kernels (bitwise-reproducible on the CPU); false: "
+                            "fast ones (cuDNN autotuner, TF32); auto: true on the CPU, false on GPUs",
+                            choices=("auto", "true", "false"))
+    precision: str = _f("auto", "number format of the steps: fp32, bf16 (autocast), fp16 (autocast and a "
+                        "gradient scaler); auto: bf16 on GPUs that have it, else fp32",
+                        choices=("auto", "fp32", "bf16", "fp16"))
+    compile: bool = _f(False, "compile the model with torch.compile (minutes of compiling on the CPU; "
+                       "checkpoints stay interchangeable with eager runs)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,10 +174,12 @@ def _parse_value(key: str, raw: Any, source: str) -> Any:
             raise bad from None
         if not math.isfinite(value):
             raise bad
+    elif isinstance(raw, bool) and "true" in (f.metadata["choices"] or ()):
+        value = "true" if raw else "false"  # `deterministic: true` in YAML, or an older config.json
     else:
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
             raise bad
-        value = str(raw)
+        value = str(raw) if f.metadata["choices"] is None else str(raw).strip().lower()
     _check_range(key, value, source)
     return value
 

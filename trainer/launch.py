@@ -33,6 +33,7 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
 
     from pipeline.shard.manifest import read_manifest
     from trainer import failures, preflight, resources, resume
+    from trainer.precision import plan_text
     from trainer.progress import ConsoleProgress
     from trainer.report import plot_run
 
@@ -40,13 +41,14 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     check_dataset(config.data)
     preflight.check(config, read_manifest(config.data, "train"))  # what would otherwise fail in every worker
     run_dir = storage.join(config.storage, config.name)
-    if not fresh:
-        changed = _check_same_run(config, run_dir)  # a different model shape is refused, finished or not
-        if _finished(config, run_dir):
-            return 0
-        if changed is not None:
-            print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
-                  + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
+    changed = None if fresh else _check_same_run(config, run_dir)  # another model shape is refused
+    if not fresh and _finished(config, run_dir):
+        return 0
+    gpu = config.gpus_per_worker > 0
+    print(f"alexnet train: {plan_text(config.precision, config.deterministic, config.compile, gpu)}", flush=True)
+    if changed is not None:
+        print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
+              + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
 
     with own_ray(address, _forwarded_env(), log_to_driver=True):
@@ -62,7 +64,6 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
         storage.makedirs(run_dir)
         # the run continues with this config (an unfinished run; a finished one returned above)
         storage.write_bytes_atomic(storage.join(run_dir, "config.json"), config.to_json().encode())
-        gpu = config.gpus_per_worker > 0
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": config.to_dict(), "run_dir": run_dir},

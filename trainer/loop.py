@@ -21,7 +21,6 @@ import time
 
 import ray.train
 import torch
-import torch.nn.functional as F
 from ray.train import Checkpoint
 
 from pipeline.loader.augment import BatchTransform
@@ -29,6 +28,7 @@ from pipeline.loader.deals import batches_done
 from pipeline.loader.loaders import EvalLoader
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, config_from_dict
+from trainer.precision import set_up_kernels, train_step
 from trainer.evaluate import errors_from_totals, eval_totals
 from trainer.ranks import gather, mean_over_ranks, sum_over_ranks
 from trainer.report import MetricsLog, TensorBoardLog
@@ -44,10 +44,13 @@ def train_worker(params: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     devices = _devices(config)
-    _set_up_determinism(config)
+    torch.set_num_threads(config.cpus_per_worker)
+    kernels = set_up_kernels(config.deterministic, devices[0])
 
     # --- build: the model identical on every rank (same seed), loader, RNGs, counters ---
     run = RunState(config, rank, world, devices)
+    if rank == 0:
+        print(f"[rank 0] {run.precision.describe()}, {kernels}{', compiled' if config.compile else ''}")
     augment = BatchTransform(run.stats, pca_std=config.pca_std)
     plain = BatchTransform(run.stats, pca_std=0.0)
 
@@ -81,15 +84,13 @@ def train_worker(params: dict) -> None:
         batches_per_epoch = min(batches_done(loader.deals) + len(loader), config.steps_per_epoch or 2**62)
         positions = loader.batch_positions()  # the epoch positions of this deal's batches, for the audit
         started = window_start = time.perf_counter()
-        window_images = 0
+        window_images, window_wait, waited_from = 0, 0.0, started
         for images, labels in loader:  # a pass never touches the global RNGs (tested)
+            window_wait += time.perf_counter() - waited_from  # host time spent waiting for this batch
             images = images.to(devices[0], non_blocking=True)  # uint8 NCHW, 0-255
             labels = labels.to(devices[0], non_blocking=True)
-            logits = replica(augment(images, generator))
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            run.set_step_lr(batches_per_epoch)
+            loss, logits = train_step(replica, optimizer, run.precision, augment(images, generator), labels)
             run.audit.mark(positions[loader.batches - 1])
             run.step += 1
             run.epoch_step += 1
@@ -104,8 +105,9 @@ def train_worker(params: dict) -> None:
                 record = {"kind": "step", "epoch": run.epoch + 1, "step": run.step, "batch": run.epoch_step,
                           "batches": batches_per_epoch, "world_size": world, "loss": mean_over_ranks(loss, world),
                           "lr": optimizer.param_groups[0]["lr"],
-                          "images_per_s": window_images / max(now - window_start, 1e-9)}
-                window_start, window_images = now, 0
+                          "images_per_s": window_images / max(now - window_start, 1e-9),
+                          "data_wait": window_wait / max(now - window_start, 1e-9)}
+                window_start, window_images, window_wait = now, 0, 0.0
                 if logs:
                     logs.add(record)
                 ray.train.report({k: v for k, v in record.items() if k != "kind"})
@@ -115,6 +117,7 @@ def train_worker(params: dict) -> None:
                 _save(run, logs, {"kind": "checkpoint", "epoch": run.epoch, "step": run.step}, pause)
             if last_batch:
                 break
+            waited_from = time.perf_counter()
 
         # --- end of epoch: validate (centre crop), step the schedule, checkpoint ---
         pause.maybe(run.step, "validate")
@@ -210,16 +213,6 @@ def _devices(config: TrainConfig) -> tuple[torch.device, torch.device]:
     found = get_devices()
     torch.cuda.set_device(found[0])
     return (found[0], found[1]) if len(found) >= 2 else (found[0], found[0])
-
-
-def _set_up_determinism(config: TrainConfig) -> None:
-    """Bitwise-reproducible on the CPU. On GPUs cuDNN is pinned to deterministic convolutions, but
-    max-pool's backward has no deterministic CUDA kernel (atomics): runs agree closely, not bitwise."""
-    torch.set_num_threads(config.cpus_per_worker)
-    torch.backends.cudnn.benchmark = not config.deterministic
-    torch.backends.cudnn.deterministic = config.deterministic
-    if config.deterministic and config.gpus_per_worker == 0:
-        torch.use_deterministic_algorithms(True)
 
 
 def _replica_digests(model: torch.nn.Module, world: int) -> list[str]:

@@ -7,6 +7,12 @@ as an improvement when the error drops by more than `threshold` (absolute, 0-1 s
 `patience` epochs without one, the lr is multiplied by `factor` and the count restarts (the best error
 is kept). Once `max_reductions` reductions have happened, the next plateau ends training instead; the
 run also ends at `max_epochs`.
+
+Large global batches (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): `warmup_factor` ramps the
+lr linearly from `start` x the target to the target over the first `warmup_epochs` epochs, measured in
+steps (a fraction of an epoch counts), and the plateau count starts once the warmup is over: an epoch
+that ends within the warmup never counts as one without improvement. The target is the schedule's lr,
+so with `scale_lr` it follows the replica count, after an elastic resize too.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ Decision = Literal["continue", "reduce", "stop"]
 
 class PlateauSchedule:
     def __init__(self, lr: float, *, factor: float = 0.1, patience: int = 3, threshold: float = 1e-3,
-                 max_reductions: int = 3, max_epochs: int = 90):
+                 max_reductions: int = 3, max_epochs: int = 90, warmup_epochs: float = 0.0):
         self.lr = lr
         self.factor = factor
         self.patience = patience
         self.threshold = threshold
         self.max_reductions = max_reductions
         self.max_epochs = max_epochs
+        self.warmup_epochs = warmup_epochs
         self.best_error = math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
@@ -38,7 +45,7 @@ class PlateauSchedule:
         self.epochs_seen += 1
         if val_error < self.best_error - self.threshold:
             self.best_error, self.best_epoch, self.bad_epochs = val_error, epoch, 0
-        else:
+        elif self.epochs_seen > self.warmup_epochs:  # a plateau counts once the warmup is over
             self.bad_epochs += 1
         decision: Decision = "continue"
         if self.epochs_seen >= self.max_epochs:
@@ -69,3 +76,11 @@ class PlateauSchedule:
         self.bad_epochs = state["bad_epochs"]
         self.reductions = list(state["reductions"])
         self.epochs_seen = state["epochs_seen"]
+
+
+def warmup_factor(epochs_done: float, warmup_epochs: float, start: float) -> float:
+    """The lr multiplier after `epochs_done` epochs (steps done / steps per epoch, so fractional):
+    `start` at 0, rising linearly to 1 at `warmup_epochs`, then 1."""
+    if epochs_done >= warmup_epochs:
+        return 1.0
+    return start + (1.0 - start) * epochs_done / warmup_epochs

@@ -40,8 +40,9 @@ from trainer.audit import EpochAudit
 from trainer.config import TrainConfig
 from trainer.model import AlexNet
 from trainer.optim import PaperSGD, param_groups
+from trainer.precision import Precision, compile_model
 from trainer.ranks import gather
-from trainer.schedule import PlateauSchedule
+from trainer.schedule import PlateauSchedule, warmup_factor
 
 # Written into every checkpoint for its readers (evaluation, reports, the resume decision) and not
 # restored: the config comes from the command line, the data's facts from the data, the position in
@@ -75,12 +76,16 @@ class RunState:
         seed_all(config.seed)
         self.model = AlexNet(self.manifest["num_classes"], config.variant, devices, width=config.width,
                              dropout=config.dropout, positive_bias=config.positive_bias, init=config.init)
-        self.optimizer = PaperSGD(param_groups(self.model, config.weight_decay, config.decay_biases),
+        if config.compile:
+            compile_model(self.model)  # in place: the state_dict keys stay the eager model's
+        self.precision = Precision(config.precision, self.device)  # autocast, and fp16's gradient scaler
+        self.optimizer = PaperSGD(param_groups(self.model, config.weight_decay, config.decay_biases,
+                                               trust_coefficient(config)),
                                   lr=config.lr_for(world), momentum=config.momentum,
                                   weight_decay=config.weight_decay)
         self.schedule = PlateauSchedule(config.lr_for(world), factor=config.lr_factor, patience=config.patience,
                                         threshold=config.threshold, max_reductions=config.max_reductions,
-                                        max_epochs=config.epochs)
+                                        max_epochs=config.epochs, warmup_epochs=config.warmup_epochs)
         self.loader = TrainLoader(config.data, config.batch_size, rank=rank, world_size=world, seed=config.seed,
                                   epoch=0, num_workers=config.loader_workers, crop=config.crop,
                                   pin_memory=config.gpus_per_worker > 0)
@@ -99,6 +104,7 @@ class RunState:
         self.track("model", self.model, save=lambda: ckpt.cpu_state_dict(self.model))
         self.track("optimizer", self.optimizer, save=lambda: ckpt.optimizer_state_cpu(self.optimizer))
         self.track("schedule", self.schedule)
+        self.track("scaler", self.precision, optional=True)  # {} unless fp16; absent before it existed
         self.track_attribute("epoch")
         self.track_attribute("step")
         self.track_attribute("history", copy=list)
@@ -186,6 +192,10 @@ class RunState:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def set_step_lr(self, batches_per_epoch: int) -> None:
+        """Before each step: the schedule's lr, ramped while the warmup lasts (set_step_lr)."""
+        set_step_lr(self.optimizer, self.schedule, self.config, self.epoch + self.epoch_step / batches_per_epoch)
+
     def _load_totals(self, totals: torch.Tensor) -> None:
         self.train_totals = totals.to(self.device)
 
@@ -205,6 +215,21 @@ class RunState:
     def _join_totals(self, old: list[torch.Tensor]) -> None:
         if self.rank == 0:  # the old ranks' loss totals join rank 0's, as their audits did
             self.train_totals = torch.stack(old).sum(0).to(self.device)
+
+
+def trust_coefficient(config: TrainConfig) -> float:
+    """LARS's eta for the weights' group, 0 (the plain paper update) unless optimizer=lars."""
+    return config.lars_coefficient if config.optimizer == "lars" else 0.0
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, config: TrainConfig,
+                epochs_done: float) -> None:
+    """The lr of the next step: the schedule's, times the warmup's ramp while it lasts. Computed from
+    the run's counters (epoch, batch of the epoch), which the checkpoint holds: a resume mid-warmup
+    continues the ramp exactly, and after a resize the ramp's target is the new replica count's lr."""
+    lr = schedule.lr * warmup_factor(epochs_done, config.warmup_epochs, config.warmup_start)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
