@@ -216,7 +216,9 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     import ray
 
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    # named "write_shard" in the dashboard and `ray list tasks`, whatever wraps it here
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_write_shard_once_for_storage_errors)
+    task = task.options(name="write_shard")
     records: list[dict | None] = [None] * len(plan)
     pending: dict = {}
     next_shard = 0
