@@ -56,9 +56,36 @@ def _submit(cluster: AutoscalingCluster, *job: str) -> subprocess.Popen:
 
 def _succeeded(follower: subprocess.Popen, timeout: float = 400) -> str:
     log, _ = follower.communicate(timeout=timeout)
+    return _assert_succeeded(follower, log)
+
+
+def _assert_succeeded(follower: subprocess.Popen, log: str) -> str:
     job_id = re.search(r"submitted (alexnet-\S+):", log).group(1)
     assert follower.returncode == 0 and f"job {job_id} succeeded" in log, log[-3000:]
     return log
+
+
+# how a task's import looks when the fake cluster's shared package folder was re-extracted under it
+IMPORT_CUT_SHORT = ("ModuleNotFoundError: No module named 'pipeline", "ModuleNotFoundError: No module named 'trainer",
+                    "ModuleNotFoundError: No module named 'jobs", "partially initialized module")
+
+
+def _job_succeeds(cluster: AutoscalingCluster, *job: str, timeout: float = 400) -> str:
+    """Submit one job and wait for its success, resubmitting it once if it met the fake cluster's shared
+    package folder: Ray's fake multi-node provider starts every node in the head's session folder, so
+    all nodes share one runtime_resources/working_dir_files, and a node that sets a job's working_dir up
+    for the first time deletes and re-extracts it there (Ray 2.60 working_dir.py, overwrite=True) while a
+    worker of another node may be importing from it (seen while nodes joined during a job: a
+    ModuleNotFoundError of a module the package holds; "partially initialized module 'torch'" in a task
+    whose first import was cut short that way). Real nodes each have their own folder. Every command
+    here redoes or continues its work exactly when given again, as a user would rerun it."""
+    follower = _submit(cluster, *job)
+    log, _ = follower.communicate(timeout=timeout)
+    if follower.returncode != 0 and any(sign in log for sign in IMPORT_CUT_SHORT):
+        print(f"resubmitting {job[0]}: it met the fake cluster's shared package folder", flush=True)
+        follower = _submit(cluster, *job)
+        log, _ = follower.communicate(timeout=timeout)
+    return _assert_succeeded(follower, log)
 
 
 def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
@@ -103,14 +130,14 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     assert checkpoint_names(run_dir) == ["checkpoint-00000012-2", "checkpoint-00000014"]
 
     # the nodes are up now; the same inputs give the local shards' bytes
-    log = _succeeded(_submit(cluster, "shard", str(local.parent / "train"), f"{data}-again", "--split", "train",
-                             "--shard-size", "16"))
+    log = _job_succeeds(cluster, "shard", str(local.parent / "train"), f"{data}-again", "--split", "train",
+                        "--shard-size", "16")
     assert "train: 120 samples written in 8 shards" in log, log[-3000:]
     for name in sorted(os.listdir(local)):
         if name.startswith("train") or name == "stats.json":
             assert storage.read_bytes(f"{data}-again/{name}") == (local / name).read_bytes(), name
 
-    log = _succeeded(_submit(cluster, "eval", "--checkpoint", run_dir, "--data", data, "--json"))
+    log = _job_succeeds(cluster, "eval", "--checkpoint", run_dir, "--data", data, "--json")
     scored = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
     best = min(records(run_dir, "epoch"), key=lambda r: (r["val_top1_error"], r["epoch"]))
     assert (scored["epoch"], scored["top1_error"]) == (best["epoch"], pytest.approx(best["val_top1_error"]))
@@ -122,7 +149,7 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     assert logs.strip() and logs.strip() in log  # the streamed output is the job's log
 
     # Figure 4 as a job: feature files and figure on S3 beside the run, the shards' tasks over several nodes
-    log = _succeeded(_submit(cluster, "neighbours", run_dir, "--data", data, "--queries", "2"))
+    log = _job_succeeds(cluster, "neighbours", run_dir, "--data", data, "--queries", "2")
     assert "features: 8 of 8 shards computed" in log, log[-3000:]
     figure = json.loads(storage.read_bytes(f"{run_dir}/neighbours/figure4.json"))
     assert len(figure["queries"]) == 2 and all(len(q["neighbours"]) == 6 for q in figure["queries"])
