@@ -74,7 +74,31 @@ def cpu_model() -> str:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     except OSError:
         name = "unknown"
-    return f"{name}, {len(os.sched_getaffinity(0))} CPUs"
+    cpus = sorted(os.sched_getaffinity(0))
+    siblings = _core_siblings(cpus)
+    shared = f" ({len(cpus)} hardware threads of {len(siblings)} core{'s' if len(siblings) > 1 else ''})" \
+        if len(siblings) < len(cpus) else ""
+    return f"{name}, {len(cpus)} CPUs{shared}"
+
+
+def smt_shared(cpus: list[int] | None = None) -> bool:
+    """Whether some of this process's CPUs are hardware threads of one core (SMT, "hyperthreads"): two
+    processes on such a pair each get ~60% of a core, so per CPU-second a parallel job looks dearer than
+    a one-process one even when it does the same work per core."""
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else cpus
+    return len(_core_siblings(cpus)) < len(cpus)
+
+
+def _core_siblings(cpus: list[int]) -> set[str]:
+    """One entry per physical core among `cpus` (its thread_siblings_list), or one per CPU if unknown."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return cores
 
 
 def meter(command: list[str]) -> None:

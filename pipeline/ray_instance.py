@@ -3,7 +3,8 @@
 
     --address ADDR    that cluster (host:port, auto, ray://...)
     else RAY_ADDRESS  that one (inside a submitted job it points at the job's cluster)
-    else              a new local instance of the command's own, gone when the command ends
+    else              a new local instance of the command's own, gone when the command ends (also for
+                      `--address local`)
 
 Never the one Ray would find by itself: `ray.init(address=None)` joins the cluster recorded in Ray's
 temp folder (`/tmp/ray/ray_current_cluster`, left by the last `ray start` on the machine, perhaps by
@@ -31,8 +32,10 @@ LOCAL_JOB_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def chosen_address(address: str | None) -> str | None:
-    """The cluster the user named (`--address`, else a non-empty RAY_ADDRESS), or None: a new local instance."""
-    return address or os.environ.get("RAY_ADDRESS") or None
+    """The cluster the user named (`--address`, else a non-empty RAY_ADDRESS), or None: a new local
+    instance, also for Ray's own word for one, `local` (which names no cluster a job could join)."""
+    chosen = address or os.environ.get("RAY_ADDRESS") or None
+    return None if chosen == LOCAL else chosen
 
 
 @contextlib.contextmanager
@@ -51,16 +54,20 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
     if target is None:
         port = _free_port()
         env.update({"RAY_ADDRESS": f"127.0.0.1:{port}", **LOCAL_JOB_ENV})
-        settings = {"RAY_GCS_SERVER_PORT": str(port)}  # the port of the GCS that this init starts
-        target = LOCAL
+        # The instance's processes start from this one's environment, so its workers inherit `env` from
+        # it; a job runtime_env instead would leave the workers Ray prestarts at init unusable (they
+        # lack it) and start as many again: ~1 CPU-s each, a fifth of a short command's CPU.
+        settings = {"RAY_GCS_SERVER_PORT": str(port), **env}  # the port of the GCS that this init starts
+        target, runtime_env = LOCAL, None
         # Ray turns token auth on for a new instance and warns that it did: nothing for the user to do
         logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     else:
         settings = {}
         if "://" not in target and target != "auto":
             env["RAY_ADDRESS"] = target
+        runtime_env = {"env_vars": env}
     with _environ(settings):
-        ray.init(address=target, logging_level="WARNING", runtime_env={"env_vars": env}, **init_options)
+        ray.init(address=target, logging_level="WARNING", runtime_env=runtime_env, **init_options)
     try:
         yield env.get("RAY_ADDRESS", target)
     finally:

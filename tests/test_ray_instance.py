@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +26,36 @@ def test_the_flag_then_ray_address_else_a_private_instance(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
     assert chosen_address(None) == "10.0.0.7:6379"
     assert chosen_address("auto") == "auto"  # the flag wins over the environment
+    assert chosen_address("local") is None  # Ray's word for a new instance: ours, private, as with no address
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert chosen_address(None) is None
+
+
+PROBE = """
+import json, os, ray
+from pipeline.ray_instance import own_ray
+with own_ray(None, {"ALEXNET_PROBE": "seen"}, include_dashboard=False, num_cpus=1) as address:
+    task = ray.remote(num_cpus=1)(lambda: (os.environ.get("ALEXNET_PROBE"), os.environ.get("RAY_ADDRESS"), os.getpid()))
+    probe, told, pids = None, None, set()
+    for _ in range(3):
+        probe, told, pid = ray.get(task.remote())
+        pids.add(pid)
+    print(json.dumps({"probe": probe, "told": told, "address": address, "pids": len(pids),
+                      "job_env": ray.get_runtime_context().runtime_env, "driver_env": os.environ.get("ALEXNET_PROBE")}))
+"""
+
+
+def test_a_private_instance_hands_its_env_to_the_workers_ray_prestarted(tmp_path):
+    """The job's env reaches every worker through the instance's own environment, not a job runtime_env,
+    which would leave the workers Ray prestarts unusable and start as many again (~1 CPU-s each)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["probe"] == "seen" and seen["told"] == seen["address"] != "local"
+    assert seen["job_env"] == {} and seen["pids"] == 1  # one CPU, one worker: the prestarted one
+    assert seen["driver_env"] is None  # the command's own environment is as it was
 
 
 @pytest.mark.slow

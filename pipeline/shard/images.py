@@ -34,14 +34,20 @@ class BadImage(ValueError):
 
 def process_image(data: bytes, size: int = 256, quality: int = 95, chroma: str = "420") -> tuple[bytes, int, int]:
     """(stored JPEG bytes, original width, original height) or BadImage with the reason."""
-    rgb, width, height = decode_for_size(data, size)
+    rgb, width, height = decode_for_size(data, size, fast_chroma=chroma == "420")
     square = centre_square(rgb, size)
     return encode_jpeg(square, quality, chroma), width, height
 
 
-def decode_for_size(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
+def decode_for_size(data: bytes, size: int, fast_chroma: bool = False) -> tuple[np.ndarray, int, int]:
     """Decode to RGB (HWC uint8), at the smallest power-of-two DCT scale whose shorter side is still
-    >= `size`; also returns the original width and height."""
+    >= `size`; also returns the original width and height.
+
+    `fast_chroma` upsamples a subsampled source's chroma by replication (libjpeg-turbo's merged
+    upsampler) instead of interpolating it: ~20% of the decode, the largest single cost of a shard
+    task. For a 4:2:0 output, whose encoder halves the chroma again, it makes no measurable difference:
+    the mean error against a full-resolution Lanczos reference is the same to 0.01 of a level (3.39;
+    tests/test_images.py), while a 4:4:4 output would lose 0.015; so only 4:2:0 outputs use it."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     if data[:2] == b"\xff\xd8":
@@ -49,7 +55,8 @@ def decode_for_size(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if colorspace in ("YCbCr", "Gray"):
                 min_h, min_w = _scaled_min(width, height, size)
-                return simplejpeg.decode_jpeg(data, "RGB", min_height=min_h, min_width=min_w), width, height
+                return simplejpeg.decode_jpeg(data, "RGB", fastupsample=fast_chroma, min_height=min_h,
+                                              min_width=min_w), width, height
         except ValueError:
             pass  # CMYK/YCCK or a recoverable libjpeg warning: Pillow decides below
     return _decode_with_pillow(data, size)
