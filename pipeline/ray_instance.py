@@ -66,7 +66,7 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
         if "://" not in target and target != "auto":
             env["RAY_ADDRESS"] = target
         runtime_env = {"env_vars": env}
-    with _environ(settings):
+    with environ_set(settings):
         ray.init(address=target, logging_level="WARNING", runtime_env=runtime_env, **init_options)
     try:
         yield env.get("RAY_ADDRESS", target)
@@ -75,8 +75,9 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
 
 
 @contextlib.contextmanager
-def _environ(settings: dict) -> Iterator[None]:
-    """os.environ with `settings` for the block (what ray.init reads), as it was afterwards."""
+def environ_set(settings: dict) -> Iterator[None]:
+    """os.environ with `settings` for the block (what ray.init and the processes it starts read), as
+    it was afterwards."""
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
     try:

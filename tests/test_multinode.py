@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import TINY, alexnet_cmd, free_port, run_cli, train_args, wait_for_pause
+from pipeline.ray_instance import environ_set
 from test_train import final_state
 
 # Ray Train waits this long for a worker group's resources before trying another size; it may try the
@@ -34,20 +35,12 @@ START_TIMEOUT = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}
 def three_nodes():
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in START_TIMEOUT}
-    os.environ.update(START_TIMEOUT)
-    try:
+    with environ_set(START_TIMEOUT):
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
             "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     try:
         yield cluster, [node.node_id for node in workers]
     finally:
