@@ -63,3 +63,12 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
     assert "\r[" in bar.getvalue() and "#" * 30 in bar.getvalue() and "inputs/s" in bar.getvalue()
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and lines[-1].startswith("shard: 100/100 inputs, 4/4 shards")
+
+
+def test_one_shard_one_class_one_sample_are_said_in_the_singular(capsys):
+    from pipeline.shard.inspect import _print_report
+
+    split = {"samples": 1, "shards": 1, "bytes": 4e4, "classes": 1, "image_size": 256, "jpeg_quality": 95,
+             "skipped": [], "inputs_found": 1, "source": "/in", "problems": []}
+    _print_report({"dataset": "out", "splits": {"train": split}, "unfinished": []}, verify=False)
+    assert "train: 1 sample in 1 shard (0.0 MB), 1 class, 256px" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from pipeline.loader.index import SampleIndex
 from pipeline.loader.tar_reader import ShardReadError, iter_samples, map_file
 from pipeline.shard.manifest import (PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries,
                                      valid_record)
+from pipeline.shard.progress import plural
 from pipeline.shard.stats import STATS_FILE, read_stats
 
 
@@ -123,8 +124,8 @@ def _subfolders(location: str) -> list[str]:
 def _print_report(report: dict, verify: bool) -> None:
     print(f"dataset {report['dataset']}")
     for split, e in report["splits"].items():
-        print(f"  {split}: {e['samples']} samples in {e['shards']} shards ({e['bytes'] / 1e6:.1f} MB), "
-              f"{e['classes']} classes, {e['image_size']}px JPEG q{e['jpeg_quality']}, "
+        print(f"  {split}: {plural(e['samples'], 'sample')} in {plural(e['shards'], 'shard')} "
+              f"({e['bytes'] / 1e6:.1f} MB), {plural(e['classes'], 'class', 'classes')}, {e['image_size']}px JPEG q{e['jpeg_quality']}, "
               f"{len(e['skipped'])} of {e['inputs_found']} inputs skipped; from {e['source']}")
         for skipped in e["skipped"][:10]:
             print(f"    skipped {skipped['path']}: {skipped['reason']}")
