@@ -81,11 +81,11 @@ def cpu_model() -> str:
     return f"{name}, {len(cpus)} CPUs{shared}"
 
 
-def smt_shared(cpus: list[int] | None = None) -> bool:
+def smt_shared() -> bool:
     """Whether some of this process's CPUs are hardware threads of one core (SMT, "hyperthreads"): two
     processes on such a pair each get ~60% of a core, so per CPU-second a parallel job looks dearer than
     a one-process one even when it does the same work per core."""
-    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else cpus
+    cpus = sorted(os.sched_getaffinity(0))
     return len(_core_siblings(cpus)) < len(cpus)
 
 

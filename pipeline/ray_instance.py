@@ -57,7 +57,8 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
         # The instance's processes start from this one's environment, so its workers inherit `env` from
         # it; a job runtime_env instead would leave the workers Ray prestarts at init unusable (they
         # lack it) and start as many again: ~1 CPU-s each, a fifth of a short command's CPU.
-        settings = {"RAY_GCS_SERVER_PORT": str(port), **env}  # the port of the GCS that this init starts
+        # RAY_GCS_SERVER_PORT: the port of the GCS that this init starts
+        settings = {"RAY_GCS_SERVER_PORT": str(port), **env}
         target, runtime_env = LOCAL, None
         # Ray turns token auth on for a new instance and warns that it did: nothing for the user to do
         logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)

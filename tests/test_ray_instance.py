@@ -36,10 +36,9 @@ import json, os, ray
 from pipeline.ray_instance import own_ray
 with own_ray(None, {"ALEXNET_PROBE": "seen"}, include_dashboard=False, num_cpus=1) as address:
     task = ray.remote(num_cpus=1)(lambda: (os.environ.get("ALEXNET_PROBE"), os.environ.get("RAY_ADDRESS"), os.getpid()))
-    probe, told, pids = None, None, set()
-    for _ in range(3):
-        probe, told, pid = ray.get(task.remote())
-        pids.add(pid)
+    seen = [ray.get(task.remote()) for _ in range(3)]
+    probe, told = seen[-1][:2]
+    pids = {pid for _, _, pid in seen}
     print(json.dumps({"probe": probe, "told": told, "address": address, "pids": len(pids),
                       "job_env": ray.get_runtime_context().runtime_env, "driver_env": os.environ.get("ALEXNET_PROBE")}))
 """

@@ -101,13 +101,17 @@ def test_two_replicas_train_and_fill_the_run_folder(reference, small_dataset):
     assert scored["loss"] == pytest.approx(epochs[-1]["val_loss"], rel=1e-4)
 
 
-def start_paused(args: list[str], pid_file: str, rank: int) -> tuple[subprocess.Popen, psutil.Process]:
-    """Start `alexnet train` whose rank `rank` stops after step KILL_STEP; return the driver and it."""
-    env = {**os.environ, "ALEXNET_DEBUG_PAUSE_STEP": str(KILL_STEP), "ALEXNET_DEBUG_PAUSE_RANK": str(rank),
+def start_paused(args: list[str], pid_file: str, rank: int, points: str = str(KILL_STEP),
+                 env: dict | None = None) -> tuple[subprocess.Popen, psutil.Process]:
+    """Start `alexnet train` whose rank `rank` stops at the hook's `points` (after step KILL_STEP unless
+    given; several, comma-separated, pause at PID_FILE.POINT each); return the driver and the worker
+    paused at the first."""
+    env = {**os.environ, **(env or {}), "ALEXNET_DEBUG_PAUSE_STEP": points, "ALEXNET_DEBUG_PAUSE_RANK": str(rank),
            "ALEXNET_DEBUG_PID_FILE": pid_file}
     driver = subprocess.Popen(alexnet_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
-    worker = psutil.Process(wait_for_pause(driver, pid_file))
+    first = pid_file if "," not in points else f"{pid_file}.{points.split(',')[0]}"
+    worker = psutil.Process(wait_for_pause(driver, first))
     assert worker.pid != driver.pid and "RayTrainWorker" in worker.name()
     return driver, worker
 
@@ -263,11 +267,10 @@ def test_a_compiled_run_survives_a_lost_worker_and_an_eager_run_continues_it(ref
     run_dir = os.path.join(runs, "compiled")
     args = train_args(small_dataset, "compiled", runs, str(config), ray_head)
     pid_file = str(tmp_path / "worker.pid")
-    env = {**os.environ, "ALEXNET_DEBUG_PAUSE_STEP": "6,10", "ALEXNET_DEBUG_PAUSE_RANK": "1",
-           "ALEXNET_DEBUG_PID_FILE": pid_file, "ALEXNET_DEBUG_COMPILE_BACKEND": "aot_eager"}
-    driver = subprocess.Popen(alexnet_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver, worker = start_paused(args, pid_file, rank=1, points="6,10",
+                                  env={"ALEXNET_DEBUG_COMPILE_BACKEND": "aot_eager"})
     try:
-        psutil.Process(wait_for_pause(driver, f"{pid_file}.6")).kill()  # the failure Ray Train recovers from
+        worker.kill()  # the failure Ray Train recovers from
         wait_for_pause(driver, f"{pid_file}.10")
         driver.send_signal(signal.SIGINT)
         console = driver.communicate(timeout=120)[0]

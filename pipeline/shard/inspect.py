@@ -125,7 +125,8 @@ def _print_report(report: dict, verify: bool) -> None:
     print(f"dataset {report['dataset']}")
     for split, e in report["splits"].items():
         print(f"  {split}: {plural(e['samples'], 'sample')} in {plural(e['shards'], 'shard')} "
-              f"({e['bytes'] / 1e6:.1f} MB), {plural(e['classes'], 'class', 'classes')}, {e['image_size']}px JPEG q{e['jpeg_quality']}, "
+              f"({e['bytes'] / 1e6:.1f} MB), {plural(e['classes'], 'class', 'classes')}, "
+              f"{e['image_size']}px JPEG q{e['jpeg_quality']}, "
               f"{len(e['skipped'])} of {e['inputs_found']} inputs skipped; from {e['source']}")
         for skipped in e["skipped"][:10]:
             print(f"    skipped {skipped['path']}: {skipped['reason']}")
