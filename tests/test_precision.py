@@ -70,8 +70,10 @@ def test_bf16_trains_close_to_fp32_and_resumes_bitwise(batches):
     assert bf16.describe() == "precision bf16 (autocast; LRN and loss in fp32)"
     curve = train(model, optimizer, bf16, batches, steps)
     assert np.mean(curve[-4:]) < 0.9 * curve[0]  # it trains: from ln(4) = 1.39 towards 1.0 on 16 photographs
-    # close to fp32's curve at every step (bf16 keeps ~3 significant digits in the convolutions)
-    np.testing.assert_allclose(curve, fp32, rtol=0.05)
+    # close to fp32's curve at every step (bf16 keeps ~3 significant digits in the convolutions). Where
+    # the loss falls fastest (the last steps) the two part most: 5.5% at step 14 on an Intel CPU with
+    # native bf16 (AMX), whose kernels round differently from AMD's emulated ones (within 5% there)
+    np.testing.assert_allclose(curve, fp32, rtol=0.08)
     assert curve != fp32  # and it really ran in bf16
 
     # resumed from a checkpoint after 5 steps: the same weights, bitwise, as the uninterrupted run

@@ -226,7 +226,7 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     progress.begin_work()
     while next_shard < len(plan) or pending:
         while next_shard < len(plan) and len(pending) < limit and storage_error is None:
-            samples = [(item, label_of[item.synset]) for item in plan[next_shard]]
+            samples = [(item.row(), label_of[item.synset]) for item in plan[next_shard]]
             ref = task.remote(out, split, next_shard, samples, size=size, quality=quality, chroma=chroma,
                               with_stats=split == TRAIN)
             pending[ref] = next_shard
@@ -254,12 +254,14 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     return records  # type: ignore[return-value]
 
 
-def _write_shard_once_for_storage_errors(out: str, *args, **kwargs) -> dict:
-    """The shard task: `write_shard`, except that an error no retry can cure (a full disk, no permission,
-    a read-only mount) comes back as {"storage_error": one line} instead of being retried 3 times by Ray,
-    a traceback each. write_shard deletes its temporary file on the way out."""
+def _write_shard_once_for_storage_errors(out: str, split: str, shard_index: int, rows: list[tuple[tuple, int]],
+                                         **kwargs) -> dict:
+    """The shard task: `write_shard` of (Input.row(), label) pairs, except that an error no retry can cure
+    (a full disk, no permission, a read-only mount) comes back as {"storage_error": one line} instead of
+    being retried 3 times by Ray, a traceback each. write_shard deletes its temporary file on the way out."""
+    samples = [(Input.from_row(row), label) for row, label in rows]
     try:
-        return write_shard(out, *args, **kwargs)
+        return write_shard(out, split, shard_index, samples, **kwargs)
     except OSError as error:
         cause = storage_error_in(error)
         if cause is None:

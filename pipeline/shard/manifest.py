@@ -168,10 +168,26 @@ def rows_table(rows: list[list]):
     matters at 1.28 million rows."""
     import pyarrow as pa
 
-    types = [pa.string(), pa.int32(), pa.string(), pa.string(), pa.int32(), pa.string(), pa.int32(),
-             pa.int32(), pa.int64(), pa.uint32()]
     columns = list(zip(*rows)) if rows else [[] for _ in INDEX_COLUMNS]
-    return pa.table({name: pa.array(list(col), type=t) for name, col, t in zip(INDEX_COLUMNS, columns, types)})
+    return pa.Table.from_arrays([_arrow_column(list(values), dtype) for values, dtype in zip(columns, _INDEX_TYPES)],
+                                names=INDEX_COLUMNS)
+
+
+_INDEX_TYPES = [str, np.int32, str, str, np.int32, str, np.int32, np.int32, np.int64, np.uint32]
+
+
+def _arrow_column(values: list, dtype):
+    """The pyarrow array of `values` (str, or numbers of numpy type `dtype`), built from its buffers:
+    pa.array() imports pandas on its first call (~1 CPU-s of every shard command's driver)."""
+    import pyarrow as pa
+
+    if dtype is str:
+        data = [value.encode() for value in values]
+        offsets = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum([len(item) for item in data], out=offsets[1:])
+        return pa.Array.from_buffers(pa.large_string(), len(data), [None, pa.py_buffer(offsets),
+                                                                    pa.py_buffer(b"".join(data))]).cast(pa.string())
+    return pa.Array.from_buffers(pa.from_numpy_dtype(dtype), len(values), [None, pa.py_buffer(np.array(values, dtype))])
 
 
 def write_index(dataset: str, split: str, tables: list) -> None:

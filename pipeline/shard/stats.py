@@ -19,18 +19,22 @@ from pipeline import storage
 from pipeline.errors import UserError
 
 STATS_FILE = "stats.json"
+_PAIRS = [(i, j) for i in range(3) for j in range(i, 3)]  # the upper triangle of x x^T
 
 
 class PixelMoments:
     """Running exact moments of a shard's stored images (integers, so the reduction is order-free).
 
-    Per image: six dot products of contiguous float64 channel planes (BLAS ddot, memory-bound) and
-    OpenCV's channel sums straight off the uint8 pixels. Every product and partial sum is an integer
-    below 2^53, so float64 holds it exactly in any summation order. The planes live in one scratch
-    array reused from image to image: fresh half-megabyte arrays per image cost page faults that were
-    more than the arithmetic, and one 3xN @ Nx3 matrix product (BLAS runs that shape poorly) cost 3x the
-    dot products. Together ~4x cheaper than before, less than decoding the stored JPEG.
+    Per image, a strip of rows at a time: each channel of the strip copied into a float64 plane, six
+    dot products of the planes (BLAS ddot) and OpenCV's channel sums straight off the uint8 pixels.
+    Every product and partial sum is an integer below 2^53, so float64 holds it exactly in any
+    summation order. Strips of ~16k pixels keep the planes (384 KB) in the core's own cache: whole-image
+    planes (1.5 MB) were pushed out by the decode between images and cost ~0.3 ms an image more on an
+    Intel VM, a tenth of a shard task's CPU (benchmarks/bench_shard.py). One 3xN @ Nx3 matrix product
+    (a shape BLAS runs poorly) cost 3x the dot products.
     """
+
+    STRIP_PIXELS = 1 << 14
 
     def __init__(self) -> None:
         self.sum, self.outer, self.count = [0, 0, 0], [[0] * 3 for _ in range(3)], 0
@@ -38,21 +42,25 @@ class PixelMoments:
 
     def add(self, rgb: np.ndarray) -> None:
         """Add one HWC uint8 RGB image."""
-        pixels = rgb.shape[0] * rgb.shape[1]
-        if self._planes.shape[1] != pixels:
-            self._planes = np.empty((3, pixels))
-        planes = self._planes
-        for channel, plane in enumerate(cv2.split(rgb)):
-            np.copyto(planes[channel], plane.reshape(-1))  # uint8 -> float64, exact
-        for i in range(3):
-            for j in range(i, 3):
-                product = int(np.dot(planes[i], planes[j]))
-                self.outer[i][j] += product
-                if j != i:
-                    self.outer[j][i] += product
+        height, width = rgb.shape[:2]
+        rows = max(1, self.STRIP_PIXELS // width)
+        if self._planes.shape[1] != rows * width:
+            self._planes = np.empty((3, rows * width))
+        products = [0] * 6
+        for top in range(0, height, rows):
+            pixels = rgb[top:top + rows].reshape(-1, 3)
+            planes = self._planes[:, :len(pixels)]
+            for channel in range(3):
+                np.copyto(planes[channel], pixels[:, channel])  # uint8 -> float64, exact
+            for k, (i, j) in enumerate(_PAIRS):
+                products[k] += int(np.dot(planes[i], planes[j]))
+        for (i, j), product in zip(_PAIRS, products):
+            self.outer[i][j] += product
+            if j != i:
+                self.outer[j][i] += product
         for channel, total in enumerate(cv2.sumElems(rgb)[:3]):
             self.sum[channel] += int(total)
-        self.count += pixels
+        self.count += height * width
 
     def record(self) -> dict:
         return {"sum": list(self.sum), "outer": [list(row) for row in self.outer], "count": self.count}
