@@ -35,6 +35,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Keep torch/numpy from oversubscribing the 2 CI cores when Ray runs several workers.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train's controller polls its workers every 2 s: a run's start, each checkpoint's registration and
+# its end wait for a poll. A tiny run took 27 s at 2 s, 19 s at 0.5 (a user's week-long run keeps Ray's
+# default); the controller, started by the CLI, gets it from the driver's environment.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 SHARED_DATA = Path(os.environ.get("ALEXNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
@@ -222,7 +226,9 @@ def stop_ray_processes(temp_dir: str, gcs_port: int) -> None:
             proc.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(list(victims.values()), timeout=10)
+    # GCS, raylet, monitor and the runtime-env agent outlive SIGTERM by more than 10 s: a test instance
+    # is not drained, it is gone
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=2)
     for proc in alive:
         try:
             proc.kill()

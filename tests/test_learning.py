@@ -4,8 +4,14 @@ Many classes with one image each, every image repeated REPEATS times in its clas
 variety is the loader's augmentation (random crop, flip, PCA colour noise). A narrow AlexNet with the
 paper's init (N(0, 0.01), biases 1) sits at ln(classes) here (the image signal vanishes against the constant
 biases); with the default width-scaled init and Caffe's 0.1 positive bias its training loss must fall
-well below ln(classes) (on the sample photographs, several classes crops of one photograph: mean loss 0.96
-over steps 87-96 against the bound 1.59, last epoch's train top-1 error 0.42 against chance's 0.96).
+well below ln(classes) = 3.18.
+
+At batch 16 and lr 0.01 single batches' losses spike (0.8 to 2.1 within 12 steps of one run), and where
+the spikes land depends on the CPU's float rounding (the same seed gave 0.96 over the last 12 steps on an
+AMD VM, 1.71 on an Intel one). So the bounds are on whole epochs: measured over seeds 0-3 on an Intel
+Xeon VM, the epoch's mean training loss fell every epoch, to 1.11-1.49 in the last one (bound 1.91);
+the last epoch's train top-1 error was 0.39-0.51 (bound 0.65, chance 0.96) and the validation error
+0.38-0.54 (bound 0.75).
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ def test_small_model_loss_falls_well_below_chance_on_one_image_classes(one_image
     # one record every 3 steps (a Ray Train report per step costs more than the step)
     assert len(losses) == EPOCHS * CLASSES * REPEATS // SETTINGS["batch_size"] // 3
     assert abs(sum(losses[:3]) / 3 - chance) < 0.5, losses[:3]  # it starts at chance (steps 3-9)...
-    assert sum(losses[-4:]) / 4 < 0.5 * chance, losses[-8:]  # ...and learns the images (steps 87-96)
-    last = [r for r in records if r["kind"] == "epoch"][-1]
-    assert last["train_top1_error"] < 0.6, last  # chance: 1 - 1/24
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    train_losses = [e["train_loss"] for e in epochs]
+    assert all(later < earlier for earlier, later in zip(train_losses, train_losses[1:])), train_losses
+    assert train_losses[-1] < 0.6 * chance, train_losses  # ...and learns the images
+    assert epochs[-1]["train_top1_error"] < 0.65, epochs[-1]  # chance: 1 - 1/24
+    assert epochs[-1]["val_top1_error"] < 0.75, epochs[-1]  # other crops of the same photographs
