@@ -7,21 +7,22 @@ biases); with the default width-scaled init and Caffe's 0.1 positive bias its tr
 well below ln(classes) = 3.18.
 
 At batch 16 and lr 0.01 single batches' losses spike (0.8 to 2.1 within 12 steps of one run), and where
-the spikes land depends on the CPU's float rounding (the same seed gave 0.96 over the last 12 steps on an
-AMD VM, 1.71 on an Intel one). So the bounds are on whole epochs: measured over seeds 0-3 on an Intel
-Xeon VM, the epoch's mean training loss fell every epoch, to 1.11-1.49 in the last one (bound 1.91);
-the last epoch's train top-1 error was 0.39-0.51 (bound 0.65, chance 0.96) and the validation error
+the spikes land depends on the CPU's float rounding (the same seed gave 0.96 over the last four loss
+records, steps 87-96, on an AMD VM, 1.71 on an Intel one). So the bounds are on whole epochs: measured
+over seeds 0-3 on an Intel Xeon VM, the epoch's mean training loss fell every epoch, to 1.11-1.49 in the
+last one (bound 1.91);
+the last epoch's train top-1 error was 0.39-0.51 (bound 0.6, chance 0.96) and the validation error
 0.38-0.54 (bound 0.75).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pytest
 
 from conftest import run_cli
 from imagenet_trees import flat_val, sample_files, synset_of
+from test_train import records
 
 pytestmark = pytest.mark.slow
 
@@ -53,15 +54,15 @@ def test_small_model_loss_falls_well_below_chance_on_one_image_classes(one_image
     settings = [f"{key}={value}" for key, value in SETTINGS.items()]
     run_cli("train", "--data", one_image_classes, "--name", "learn", "--storage", tmp_path, "--address",
             ray_head, *[arg for s in settings for arg in ("--set", s)], timeout=600)
-    records = [json.loads(line) for line in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    run_dir = str(tmp_path / "learn")
+    losses = [r["loss"] for r in records(run_dir, "step")]
     chance = math.log(CLASSES)
     # one record every 3 steps (a Ray Train report per step costs more than the step)
     assert len(losses) == EPOCHS * CLASSES * REPEATS // SETTINGS["batch_size"] // 3
     assert abs(sum(losses[:3]) / 3 - chance) < 0.5, losses[:3]  # it starts at chance (steps 3-9)...
-    epochs = [r for r in records if r["kind"] == "epoch"]
+    epochs = records(run_dir, "epoch")
     train_losses = [e["train_loss"] for e in epochs]
     assert all(later < earlier for earlier, later in zip(train_losses, train_losses[1:])), train_losses
     assert train_losses[-1] < 0.6 * chance, train_losses  # ...and learns the images
-    assert epochs[-1]["train_top1_error"] < 0.65, epochs[-1]  # chance: 1 - 1/24
+    assert epochs[-1]["train_top1_error"] < 0.6, epochs[-1]  # chance: 1 - 1/24
     assert epochs[-1]["val_top1_error"] < 0.75, epochs[-1]  # other crops of the same photographs
