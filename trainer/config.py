@@ -21,6 +21,9 @@ import yaml
 
 from pipeline.errors import UserError
 
+# The model variants trainer/model.py builds, named here so that a wrong name fails before torch loads
+VARIANTS = ("paper", "caffenet", "one-tower")
+
 
 def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
        above: float | None = None, choices: tuple | None = None) -> Any:

@@ -27,15 +27,8 @@ SHAPE_FIELDS = ("data", "variant", "width", "crop")
 
 
 def train(config: TrainConfig, *, address: str | None = None, fresh: bool = False) -> int:
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from pipeline.shard.manifest import read_manifest
-    from trainer import failures, preflight, resources, resume
-    from trainer.precision import plan_text
-    from trainer.progress import ConsoleProgress
-    from trainer.report import plot_run
+    from trainer import preflight
 
     config = _absolute_storage(config)
     check_dataset(config.data)
@@ -44,6 +37,17 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     changed = None if fresh else _check_same_run(config, run_dir)  # another model shape is refused
     if not fresh and _finished(config, run_dir):
         return 0
+
+    # after the checks: torch and Ray Train take ~4 CPU-s to import, which a typo should not wait for
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer import failures, resources, resume
+    from trainer.precision import plan_text
+    from trainer.progress import ConsoleProgress
+    from trainer.report import plot_run
+
     gpu = config.gpus_per_worker > 0
     print(f"alexnet train: {plan_text(config.precision, config.deterministic, config.compile, gpu)}", flush=True)
     if changed is not None:

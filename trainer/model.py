@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UserError
+from trainer.config import VARIANTS
 
-VARIANTS = ("paper", "caffenet", "one-tower")
 INITS = ("scaled", "paper")  # see AlexNet.reset_parameters
 PAPER_STD = 0.01
 

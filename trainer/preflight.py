@@ -8,12 +8,10 @@ the config and the dataset's manifests alone is checked here, once, in one line.
 from __future__ import annotations
 
 from pipeline.errors import UserError
-from trainer.config import TrainConfig
+from trainer.config import VARIANTS, TrainConfig
 
 
 def check(config: TrainConfig, train_manifest: dict) -> None:
-    from trainer.model import VARIANTS
-
     if config.variant not in VARIANTS:
         raise UserError(f"variant={config.variant!r} is not a model variant: choose one of {', '.join(VARIANTS)} "
                         f"(see `alexnet summary`)")
