@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from trainer.config import VARIANTS
+
 # what `alexnet --help` says first (jobs/cli.py's docstring opens with it too)
 DESCRIPTION = ("AlexNet (Krizhevsky et al. 2012) on ImageNet with Ray: shard the data, train, evaluate, "
                "run on a cluster.")
@@ -49,7 +51,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
 def _add_model(sub: argparse._SubParsersAction) -> None:
     """`alexnet summary` (trainer/model.py)."""
     p = sub.add_parser("summary", help="the model layer by layer: output shape, parameters, device")
-    p.add_argument("--variant", default="paper", choices=("paper", "caffenet", "one-tower"),
+    p.add_argument("--variant", default="paper", choices=VARIANTS,
                    help="paper (default: LRN then pool), caffenet (pool then LRN), one-tower (no LRN, no groups)")
     p.add_argument("--input", type=int, default=224, help="input side in pixels: 224 (default) or 227")
     p.add_argument("--num-classes", type=int, default=1000, help="output classes (default 1000)")

@@ -21,8 +21,10 @@ import yaml
 
 from pipeline.errors import UserError
 
-# The model variants trainer/model.py builds, named here so that a wrong name fails before torch loads
+# The model variants and weight inits trainer/model.py builds, named here so that the CLI and the config
+# check a name without loading torch
 VARIANTS = ("paper", "caffenet", "one-tower")
+INITS = ("scaled", "paper")  # see AlexNet.reset_parameters
 
 
 def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -86,7 +88,7 @@ class TrainConfig:
     positive_bias: float = _f(1.0, "initial bias of conv2, conv4, conv5, fc6, fc7 (paper 1; Caffe 0.1)",
                               min=0.0)
     init: str = _f("scaled", "weight init: paper = N(0, 0.01) everywhere; scaled = std 0.01/sqrt(width) "
-                   "after conv1 (the paper's at width 1; narrow models learn)", choices=("scaled", "paper"))
+                   "after conv1 (the paper's at width 1; narrow models learn)", choices=INITS)
     # --- checkpoints, logs, failures ---
     checkpoint_every_steps: int = _f(1000, "also checkpoint every N steps within an epoch (0: epochs only)",
                                      min=0)

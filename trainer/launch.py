@@ -27,12 +27,11 @@ SHAPE_FIELDS = ("data", "variant", "width", "crop")
 
 
 def train(config: TrainConfig, *, address: str | None = None, fresh: bool = False) -> int:
-    from pipeline.shard.manifest import read_manifest
     from trainer import preflight
 
     config = _absolute_storage(config)
-    check_dataset(config.data)
-    preflight.check(config, read_manifest(config.data, "train"))  # what would otherwise fail in every worker
+    train_manifest = check_dataset(config.data)
+    preflight.check(config, train_manifest)  # what would otherwise fail in every worker
     run_dir = storage.join(config.storage, config.name)
     changed = None if fresh else _check_same_run(config, run_dir)  # another model shape is refused
     if not fresh and _finished(config, run_dir):
@@ -112,8 +111,9 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     return 0
 
 
-def check_dataset(data: str) -> None:
-    """Both splits finished (manifests written last) and the statistics present, before any worker."""
+def check_dataset(data: str) -> dict:
+    """Both splits finished (manifests written last) and the statistics present, before any worker;
+    returns the train split's manifest."""
     from pipeline.shard.manifest import read_manifest
     from pipeline.shard.stats import read_stats
 
@@ -123,6 +123,7 @@ def check_dataset(data: str) -> None:
     if [c["synset"] for c in val["classes"]] != [c["synset"] for c in train["classes"]]:
         raise UserError(f"{data}: the val split's class list differs from the train split's; shard val "
                         f"into the same folder after train so it takes the train class indices")
+    return train
 
 
 def _absolute_storage(config: TrainConfig) -> TrainConfig:

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UserError
-from trainer.config import VARIANTS
+from trainer.config import INITS, VARIANTS
 
-INITS = ("scaled", "paper")  # see AlexNet.reset_parameters
 PAPER_STD = 0.01
 
 # Per-tower widths of the paper's network (two towers); the one-tower variant doubles them.
