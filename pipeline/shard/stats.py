@@ -19,48 +19,45 @@ from pipeline import storage
 from pipeline.errors import UserError
 
 STATS_FILE = "stats.json"
-_PAIRS = [(i, j) for i in range(3) for j in range(i, 3)]  # the upper triangle of x x^T
 
 
 class PixelMoments:
     """Running exact moments of a shard's stored images (integers, so the reduction is order-free).
 
-    Per image, a strip of rows at a time: each channel of the strip copied into a float64 plane, six
-    dot products of the planes (BLAS ddot) and OpenCV's channel sums straight off the uint8 pixels.
-    Every product and partial sum is an integer below 2^53, so float64 holds it exactly in any
-    summation order. Strips of ~16k pixels keep the planes (384 KB) in the core's own cache: whole-image
-    planes (1.5 MB) were pushed out by the decode between images and cost ~0.3 ms an image more on an
-    Intel VM, a tenth of a shard task's CPU (benchmarks/bench_shard.py). One 3xN @ Nx3 matrix product
-    (a shape BLAS runs poorly) cost 3x the dot products.
+    Per image, all in OpenCV on the uint8 pixels: the image times itself and times a copy with its
+    channels rotated (R,G,B -> B,R,G), each into uint16 (a product of two bytes is at most 65025), and
+    the channel sums of those products and of the image. OpenCV sums 16-bit values in int32 blocks
+    short enough not to overflow, then in float64, where every partial sum is an integer below 2^53:
+    exact in any order (tests/test_shard_job.py checks it against int64 at the extremes). No BLAS: the
+    earlier float64 planes and BLAS dot products cost the same on one thread, but OpenBLAS threads a
+    dot product of this length wherever OMP_NUM_THREADS or OPENBLAS_NUM_THREADS allows more than one
+    (a user's own environment, a cluster image); with its default threads on a 2-vCPU Intel VM a whole
+    shard task took 6.8 ms an image instead of 3.3 (benchmarks/bench_shard.py measures the command).
     """
-
-    STRIP_PIXELS = 1 << 14
 
     def __init__(self) -> None:
         self.sum, self.outer, self.count = [0, 0, 0], [[0] * 3 for _ in range(3)], 0
-        self._planes = np.empty((3, 0))
+        self._rotated = self._products = np.empty((0, 0, 3))
 
     def add(self, rgb: np.ndarray) -> None:
         """Add one HWC uint8 RGB image."""
-        height, width = rgb.shape[:2]
-        rows = max(1, self.STRIP_PIXELS // width)
-        if self._planes.shape[1] != rows * width:
-            self._planes = np.empty((3, rows * width))
-        products = [0] * 6
-        for top in range(0, height, rows):
-            pixels = rgb[top:top + rows].reshape(-1, 3)
-            planes = self._planes[:, :len(pixels)]
-            for channel in range(3):
-                np.copyto(planes[channel], pixels[:, channel])  # uint8 -> float64, exact
-            for k, (i, j) in enumerate(_PAIRS):
-                products[k] += int(np.dot(planes[i], planes[j]))
-        for (i, j), product in zip(_PAIRS, products):
-            self.outer[i][j] += product
-            if j != i:
-                self.outer[j][i] += product
-        for channel, total in enumerate(cv2.sumElems(rgb)[:3]):
-            self.sum[channel] += int(total)
-        self.count += height * width
+        rgb = np.ascontiguousarray(rgb)
+        if self._rotated.shape != rgb.shape:
+            self._rotated, self._products = np.empty_like(rgb), np.empty(rgb.shape, np.uint16)
+        sums = cv2.sumElems(rgb)
+        cv2.multiply(rgb, rgb, dst=self._products, dtype=cv2.CV_16U)
+        squares = cv2.sumElems(self._products)  # RR, GG, BB
+        cv2.mixChannels([rgb], [self._rotated], [0, 1, 1, 2, 2, 0])  # rotated = (B, R, G)
+        cv2.multiply(rgb, self._rotated, dst=self._products, dtype=cv2.CV_16U)
+        rb, rg, gb = cv2.sumElems(self._products)[:3]  # R*B, G*R, B*G
+        outer = self.outer
+        for channel in range(3):
+            self.sum[channel] += int(sums[channel])
+            outer[channel][channel] += int(squares[channel])
+        for (i, j), product in (((0, 1), int(rg)), ((0, 2), int(rb)), ((1, 2), int(gb))):
+            outer[i][j] += product
+            outer[j][i] += product
+        self.count += rgb.shape[0] * rgb.shape[1]
 
     def record(self) -> dict:
         return {"sum": list(self.sum), "outer": [list(row) for row in self.outer], "count": self.count}
