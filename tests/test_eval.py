@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -96,3 +98,22 @@ def test_eval_errors_are_one_line(small_dataset, tmp_path):
     result = run_cli("eval", "--checkpoint", str(tmp_path), "--data", small_dataset, check=False, timeout=120)
     assert result.returncode == 2 and "no checkpoint at" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_checkpoint_fails_before_torch_is_imported(tmp_path):
+    """eval, predict, export and neighbours resolve --checkpoint first: a mistyped path costs no torch
+    import (~3 s); each says so in its one line."""
+    script = ("import sys; from jobs.cli import main\n"
+              "for command in sys.argv[1:]:\n"
+              "    assert main(command.split()) == 2, command\n"
+              "print(sorted(name for name in ('torch', 'ray') if name in sys.modules))")
+    nowhere = tmp_path / "no-such-run"
+    commands = [f"eval --checkpoint {nowhere} --data {tmp_path}", f"predict {nowhere} {tmp_path}/a.jpg",
+                f"export {nowhere} {tmp_path}/out", f"neighbours {nowhere} --data {tmp_path}"]
+    result = subprocess.run([sys.executable, "-c", script, *commands], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"  # neither torch nor Ray was imported
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["alexnet eval", "alexnet predict", "alexnet export",
+                                                       "alexnet neighbours"]
+    assert all(f"no checkpoint at {nowhere}" in line for line in lines)

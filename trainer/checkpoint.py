@@ -41,10 +41,9 @@ import torch
 
 from pipeline import storage
 from pipeline.errors import UserError
+from trainer.checkpoint_location import BEST_FOLDER, FILE_NAME, resolve_location  # noqa: F401 (ckpt.*)
 
 FORMAT = 1
-FILE_NAME = "checkpoint.pt"
-BEST_FOLDER = "best"
 
 
 def capture_rng(augment_generator: torch.Generator | None = None) -> dict:
@@ -141,18 +140,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive, and not ours to clean
         return True
     return True
-
-
-def resolve_location(location: str) -> str:
-    """A checkpoint file from a file, a checkpoint folder, or a run folder (its best checkpoint)."""
-    location = str(location)
-    candidates = [location, storage.join(location, FILE_NAME),
-                  storage.join(location, BEST_FOLDER, FILE_NAME)]
-    for candidate in candidates:
-        if storage.exists(candidate) and not storage.is_dir(candidate):
-            return candidate
-    raise UserError(f"no checkpoint at {location}: give a {FILE_NAME} file, a checkpoint folder holding "
-                    f"one, or a run folder with {BEST_FOLDER}/{FILE_NAME}")
 
 
 def load(location: str) -> dict:
