@@ -162,13 +162,10 @@ def choose_queries(data: str, count: int, keys: list[str], seed: int) -> list[di
 
 
 def _index_rows(data: str, split: str) -> dict[str, dict]:
-    import pyarrow.parquet as pq
-
-    from pipeline.shard.manifest import index_location, read_manifest
+    from pipeline.shard.manifest import read_index, read_manifest
 
     sizes = {s["name"]: s["samples"] for s in read_manifest(data, split)["shards"]}
-    table = pq.read_table(io.BytesIO(storage.read_bytes(index_location(data, split))),
-                          columns=["key", "label", "synset", "shard", "position"]).to_pylist()
+    table = read_index(data, split, ["key", "label", "synset", "shard", "position"]).to_pylist()
     return {row["key"]: {**row, "split": split, "shard_samples": sizes[row["shard"]]} for row in table}
 
 

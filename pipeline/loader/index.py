@@ -14,15 +14,13 @@ Held compactly (one bytes blob of keys with offsets, numpy labels and checksums:
 
 from __future__ import annotations
 
-import io
-
 import crc32c
 import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader.tar_reader import ShardReadError
-from pipeline.shard.manifest import index_location
+from pipeline.shard.manifest import index_location, read_index
 
 
 class SampleIndex:
@@ -36,16 +34,13 @@ class SampleIndex:
     def read(cls, dataset: str, split: str, shards: tuple[tuple[str, int], ...], num_classes: int,
              verify_checksums: bool = True) -> SampleIndex:
         """The index in manifest order; UserError naming the file when it disagrees with the manifest."""
-        import pyarrow.parquet as pq
-
         location = index_location(dataset, split)
         if not storage.exists(location):
             raise UserError(f"{location} not found: the loaders check every sample against it (re-shard "
                             "the split with `alexnet shard ... --overwrite`)")
         # the shard column as a dictionary: each name decoded once, not once a row (at 1.28M rows a list
         # of names cost ~100 MB and 0.2 s per rank: benchmarks/bench_scale.py)
-        table = pq.read_table(io.BytesIO(storage.read_bytes(location)),
-                              columns=["key", "label", "shard", "position", "crc32c"], read_dictionary=["shard"])
+        table = read_index(dataset, split, ["key", "label", "shard", "position", "crc32c"], read_dictionary=["shard"])
         names = {name: number for number, (name, _) in enumerate(shards)}
         shard_of = _shard_numbers(table.column("shard"), names)
         position = table.column("position").to_numpy().astype(np.int64)

@@ -200,6 +200,23 @@ def write_index(dataset: str, split: str, tables: list) -> None:
     storage.write_bytes_atomic(index_location(dataset, split), buffer.getvalue())
 
 
+def read_index(dataset: str, split: str, columns: list[str], read_dictionary: list[str] | None = None):
+    """Columns of `<split>.index.parquet` as a pyarrow Table.
+
+    Read through Arrow's own file (local, or ranged reads on object storage), not a Python bytes
+    object: Arrow's read-ahead releases its buffers on its own threads, sometimes after the read has
+    returned, and releasing a Python-owned one takes the GIL. A thread that asks for the GIL while the
+    interpreter exits is ended by Python, and the C++ unwinding aborts the process ("terminate called
+    without an active exception", exit -6) after the command's work is done. With two `alexnet inspect
+    --verify` loops side by side on a 2-CPU machine (pyarrow 26) that was 1 run in 20 to 250; through
+    Arrow's file, none in 600, and the 1.28M-row index reads no slower (0.06-0.2 s)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(index_location(dataset, split))
+    with fs.open_input_file(path) as file:
+        return pq.read_table(file, columns=columns, read_dictionary=read_dictionary)
+
+
 def check_writable(dataset: str) -> None:
     """Fail early, with one line, when the output cannot be written."""
     probe = storage.join(dataset, f".write-check-{os.getpid()}")
