@@ -15,7 +15,7 @@ _HOMES = {"BatchTransform": "pipeline.loader.augment", "EvalLoader": "pipeline.l
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_HOMES[name]), name)

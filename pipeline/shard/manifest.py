@@ -17,6 +17,7 @@ import os
 import random
 import re
 import tempfile
+from typing import TYPE_CHECKING
 
 import crc32c
 import numpy as np
@@ -27,6 +28,9 @@ from pipeline.shard.images import BadImage, decode_stored, process_image
 from pipeline.shard.sources import Input, read_source
 from pipeline.shard.tar_writer import ShardTarWriter
 from pipeline.shard.stats import PixelMoments, empty_moments
+
+if TYPE_CHECKING:  # for annotations: the functions import pyarrow where they use it
+    import pyarrow as pa
 
 # 2: the index holds a CRC32C of every stored image (`crc32c`); the manifest no longer has `created`
 FORMAT_VERSION = 2
@@ -200,7 +204,7 @@ def write_index(dataset: str, split: str, tables: list) -> None:
     storage.write_bytes_atomic(index_location(dataset, split), buffer.getvalue())
 
 
-def read_index(dataset: str, split: str, columns: list[str], read_dictionary: list[str] | None = None):
+def read_index(dataset: str, split: str, columns: list[str], read_dictionary: list[str] | None = None) -> pa.Table:
     """Columns of `<split>.index.parquet` as a pyarrow Table.
 
     Read through Arrow's own file (local, or ranged reads on object storage), not a Python bytes
