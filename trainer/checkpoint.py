@@ -41,7 +41,7 @@ import torch
 
 from pipeline import storage
 from pipeline.errors import UserError
-from trainer.checkpoint_location import BEST_FOLDER, FILE_NAME, resolve_location  # noqa: F401 (ckpt.*)
+from trainer.checkpoint_location import BEST_FOLDER, FILE_NAME, resolve_location
 
 FORMAT = 1
 
