@@ -87,7 +87,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-worker", type=int, help="2: one tower per GPU; 0: CPU (default 0)")
     p.add_argument("--wait-timeout", metavar="SECONDS",
                    help="give up waiting for the nodes the run needs after this long (default 1800; 0: no end)")
-    p.add_argument("--config", help="YAML, TOML or JSON file of config keys (README Training)")
+    p.add_argument("--config", metavar="FILE|RECIPE", help="YAML, TOML or JSON file of config keys, or a shipped "
+                   "recipe: imagenet (the paper), imagenette (the paper's recipe at Imagenette's size)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set lr=0.02 (repeatable)")
     p.add_argument("--fresh", action="store_true", help="delete the run folder and start over")

@@ -94,3 +94,21 @@ def test_deterministic_takes_the_old_booleans_and_the_new_auto(tmp_path):
     # a run folder's config.json written before `auto` existed still reads back
     old = {**c.to_dict(), "deterministic": True}
     assert config_from_dict(old).deterministic == "true"
+
+
+def test_shipped_recipes_by_name(tmp_path, monkeypatch):
+    from trainer.config import recipes
+
+    assert {"imagenet", "imagenette"} <= set(recipes())
+    # the paper's recipe is the defaults written out: a key that drifts from them fails here
+    paper = resolve_config("imagenet", data="/d", name="n")
+    assert paper == TrainConfig(data="/d", name="n")
+    small = resolve_config("imagenette", data="/d", name="n")
+    assert (small.batch_size, small.lr, small.momentum, small.weight_decay, small.dropout, small.pca_std,
+            small.crop, small.max_reductions) == (128, 0.01, 0.9, 5e-4, 0.5, 0.1, 224, 3)
+    # a file of the user's wins over a recipe of the same name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imagenette").write_text("lr: 0.5\n")
+    assert resolve_config("imagenette", data="/d", name="n").lr == 0.5
+    with pytest.raises(UserError, match=r"config file imagenet-typo does not exist \(the shipped recipes: "):
+        resolve_config("imagenet-typo", data="/d", name="n")

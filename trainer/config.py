@@ -223,10 +223,29 @@ _YamlLoader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+# The recipes shipped with the project (trainer/configs/NAME.yaml), given as `--config NAME`
+RECIPES_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def recipes() -> list[str]:
+    """Names of the shipped recipes: `imagenet` (the paper), `imagenette` (its recipe at that size), ..."""
+    return sorted(name[:-5] for name in os.listdir(RECIPES_FOLDER) if name.endswith(".yaml"))
+
+
+def config_file_path(name: str) -> str:
+    """A path as given, or else a shipped recipe's name: a file of the user's always wins, so a recipe
+    name never hides a file in the working directory."""
+    if os.path.isfile(name):
+        return name
+    recipe = os.path.join(RECIPES_FOLDER, f"{name.removesuffix('.yaml')}.yaml")
+    if os.sep not in name and os.path.isfile(recipe):
+        return recipe
+    raise UserError(f"config file {name} does not exist (the shipped recipes: {', '.join(recipes())})")
+
+
 def read_config_file(path: str) -> dict:
-    """A flat mapping from a .yaml/.yml/.toml/.json file; errors name the file."""
-    if not os.path.isfile(path):
-        raise UserError(f"config file {path} does not exist")
+    """A flat mapping from a .yaml/.yml/.toml/.json file or a shipped recipe's name; errors name the file."""
+    path = config_file_path(path)
     try:
         with open(path, "rb") as f:
             text = f.read()
