@@ -5,7 +5,7 @@
     alexnet summary [--variant paper]          # the model, layer by layer
     alexnet train --data OUT --name RUN        # Ray Train job (local Ray, or --address)
     alexnet eval --checkpoint CKPT --data OUT  # top-1 / top-5 error, centre or ten crops
-    alexnet plot RUN                           # loss / error curves of a run
+    alexnet plot RUN                           # loss / error curves, Figure 3 and its colour scores
     alexnet predict CKPT photo.jpg DIR/ URL    # top-5 classes of photos
     alexnet export CKPT OUT                    # the network for use without this project
     alexnet neighbours CKPT --data OUT         # the paper's Figure 4 (Ray tasks over the shards)
@@ -95,10 +95,24 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from trainer.report import plot_run
+    from trainer.report import PLOTS_FOLDER, plot_run
 
     for location in plot_run(args.run):
         print(location)
+    from pipeline import storage
+    from trainer import checkpoint, figure3
+
+    try:
+        location = checkpoint.resolve_location(args.run)
+    except UserError:
+        print(f"no checkpoint in {args.run} yet: no Figure 3")
+        return 0
+    state = checkpoint.load(location)
+    run_name = args.run.rstrip("/").rsplit("/", 1)[-1]
+    png, summary = figure3.write(state["model"], storage.join(args.run, PLOTS_FOLDER),
+                                 title=f"{run_name}, checkpoint after epoch {state['epoch']}")
+    print(png)
+    print(figure3.describe(summary))
     return 0
 
 

@@ -1,9 +1,9 @@
 """The demo's report: report.json (the numbers), report.md (numbers, curves, first-layer filters).
 
-The filter picture is the paper's Figure 3: conv1's kernels drawn as small RGB images, one block per
-tower. In the paper the tower on GPU 1 learned mostly colour-agnostic edges and the one on GPU 2 mostly
-colour blobs; with a tiny model and a few minutes of training the split is faint, but the grouping shows
-what each device holds.
+The filter picture is the paper's Figure 3 (trainer/figure3.py): conv1's kernels drawn per tower, with
+each tower's colour-specificity score. In the paper the tower on GPU 1 learned mostly colour-agnostic
+edges and the one on GPU 2 mostly colour blobs; with a tiny model and a few minutes of training the
+split is faint, but the grouping shows what each device holds.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.errors import UserError
 
 
 def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: dict) -> dict:
     from pipeline.shard.manifest import read_manifest
     from trainer import checkpoint as ckpt
+    from trainer import figure3
     from trainer.report import plot_run, read_metrics
 
     manifest = read_manifest(data, "train")
@@ -40,6 +39,8 @@ def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: 
         "width": state["config"]["width"], "seed": state["config"]["seed"], "run": run_dir, "data": data,
     }
     report["kernels_per_tower"] = int(state["model"]["towers.0.conv1.weight"].shape[0])
+    report["colour_specificity"] = [{k: v for k, v in t.items() if k != "scores"}
+                                    for t in figure3.tower_scores(state["model"])]
     figure4 = out_dir / "neighbours" / "figure4.png"
     if figure4.is_file():  # `alexnet neighbours` ran (the demo runs it before the report)
         shutil.copy(figure4, out_dir / "figure4.png")
@@ -47,53 +48,9 @@ def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: 
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for plot in plot_run(run_dir):
         shutil.copy(plot, out_dir / Path(plot).name)
-    filters_png = out_dir / "filters.png"
-    draw_filters(state["model"], filters_png)
+    (out_dir / "figure3.png").write_bytes(figure3.draw(state["model"]))
     (out_dir / "report.md").write_text(_markdown(report, epochs))
     return report
-
-
-def tower_filters(model_state: dict) -> list[np.ndarray]:
-    """conv1 weights per tower, each [filters, 11, 11, 3] scaled to 0-1 per filter for display."""
-    towers = []
-    index = 0
-    while f"towers.{index}.conv1.weight" in model_state:
-        weight = model_state[f"towers.{index}.conv1.weight"].float().numpy().transpose(0, 2, 3, 1)
-        low = weight.min(axis=(1, 2, 3), keepdims=True)
-        high = weight.max(axis=(1, 2, 3), keepdims=True)
-        towers.append((weight - low) / np.maximum(high - low, 1e-12))
-        index += 1
-    if not towers:
-        raise UserError("the checkpoint's model has no towers.N.conv1.weight: not an alexnet-ray AlexNet")
-    return towers
-
-
-def draw_filters(model_state: dict, path: Path, per_row: int = 16) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    towers = tower_filters(model_state)
-    fig, axes = plt.subplots(len(towers), 1, figsize=(per_row * 0.6, 1.2 + 0.9 * len(towers) *
-                                                      -(-len(towers[0]) // per_row)), squeeze=False)
-    for index, (filters, ax) in enumerate(zip(towers, axes[:, 0])):
-        ax.imshow(_tile(filters, per_row), interpolation="nearest")
-        ax.set_title(f"tower {index + 1} (device {index}): {len(filters)} conv1 kernels, 11x11x3", fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _tile(filters: np.ndarray, per_row: int) -> np.ndarray:
-    count, size = len(filters), filters.shape[1]
-    rows, cols = -(-count // per_row), min(count, per_row)
-    grid = np.ones((rows * (size + 1) + 1, cols * (size + 1) + 1, 3))
-    for i, kernel in enumerate(filters):
-        r, c = divmod(i, per_row)
-        grid[1 + r * (size + 1):1 + r * (size + 1) + size, 1 + c * (size + 1):1 + c * (size + 1) + size] = kernel
-    return grid
 
 
 def _markdown(report: dict, epochs: list[dict]) -> str:
@@ -127,7 +84,10 @@ Time: {seconds}.
 
 ## First-layer filters by tower (the paper's Figure 3)
 
-![conv1 filters](filters.png)
+![conv1 filters](figure3.png)
+
+Colour specificity (the share of a kernel's energy outside the grey direction; random kernels: 0.67):
+{_colour_lines(report)}.
 
 What to expect at this scale: {report['kernels_per_tower']} kernels per tower trained for {report['epochs']} epochs
 on {report['train_images']} images of {report['classes']} classes (the paper: 48 per tower, 90 epochs, 1.2 million
@@ -138,6 +98,11 @@ the scale, not a fault. The paper's oriented edges (tower 1) and colour blobs (t
 
 Run folder: `{report['run']}`; shards: `{report['data']}`.
 """
+
+
+def _colour_lines(report: dict) -> str:
+    return "; ".join(f"tower {t['tower']} mean {t['mean']:.3f} ({t['grey_kernels']} of {t['kernels']} kernels "
+                     f"mostly grey, {t['colour_kernels']} mostly colour)" for t in report["colour_specificity"])
 
 
 def _figure4_section(report: dict) -> str:

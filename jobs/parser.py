@@ -105,7 +105,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("plot", help="PNG plots of a run's loss and error with the lr reductions marked")
+    p = sub.add_parser("plot", help="PNG plots of a run: loss and error with the lr reductions marked, and the "
+                       "paper's Figure 3 (conv1 kernels per tower) with each tower's colour specificity")
     p.add_argument("run", help="run folder (STORAGE/NAME), local or URL")
 
 

@@ -75,7 +75,7 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
     per_epoch = report["centre_crop_val_top1_error_per_epoch"]
     assert per_epoch[report["best_epoch"] - 1] == min(per_epoch)  # the evaluated checkpoint is the best epoch
     markdown = (out / "report.md").read_text()
-    for picture in ("loss.png", "error.png", "filters.png", "figure4.png"):
+    for picture in ("loss.png", "error.png", "figure3.png", "figure4.png"):
         assert f"({picture})" in markdown
         assert Image.open(out / picture).format == "PNG"
     assert f"{report['top1_error']:.3f}" in markdown
@@ -90,11 +90,12 @@ def test_demo_end_to_end_through_the_cli(ray_head, tmp_path):
     assert manifest["total_samples"] == 256  # the grayscale, CMYK and PNG inputs were all converted
     assert [c["name"] for c in manifest["classes"]][:2] == ["horizontal stripes", "vertical stripes"]
 
-    from jobs.demo_report import tower_filters
-    from trainer import checkpoint
+    from trainer import checkpoint, figure3
 
-    towers = tower_filters(checkpoint.load(str(out / "runs" / "demo"))["model"])
-    assert [t.shape for t in towers] == [(12, 11, 11, 3)] * 2  # 48 x 0.25 kernels per tower, both drawn
+    scores = figure3.tower_scores(checkpoint.load(str(out / "runs" / "demo"))["model"])
+    assert [t["kernels"] for t in scores] == [12, 12]  # 48 x 0.25 kernels per tower, both scored
+    assert report["colour_specificity"] == [{k: v for k, v in t.items() if k != "scores"} for t in scores]
+    assert f"tower 2 mean {scores[1]['mean']:.3f}" in markdown
 
 
 def _without_clocks(record: dict) -> dict:

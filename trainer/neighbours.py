@@ -8,7 +8,8 @@
    are kept: a killed job, given the same command again, computes only the missing ones.
 2. The driver scores the queries (validation images drawn with --seed, and any --key) and finds each
    one's six nearest training vectors, streaming one feature file at a time.
-3. figure4.json (queries, top-5, neighbours with keys, labels and distances) and figure4.png (report.py).
+3. figure4.json (queries, top-5, neighbours with keys, labels and distances) and figure4.png
+   (trainer/use/figure4.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
     from pipeline.shard.manifest import read_manifest
     from trainer import checkpoint as ckpt
     from trainer.evaluate import check_classes
-    from trainer.report import draw_figure4
+    from trainer.use.figure4 import draw_figure4
 
     state = ckpt.load(checkpoint)
     train = read_manifest(data, "train")
@@ -50,7 +51,8 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
     records = compute_features(data, train, network, folder, address=address, batch_size=batch_size)
     found, images, vectors = find_neighbours(data, chosen, network, state["classes"], folder, train)
     png = io.BytesIO()
-    figure = draw_figure4(found, images, png)
+    figure = draw_figure4(found, images, png, title=f"The paper's Figure 4 from {checkpoint} (after epoch "
+                                                    f"{state['epoch']}, {train['total_samples']} training images)")
     result = {"checkpoint": str(checkpoint), "data": data, "features": folder, "seed": seed, "figure": figure,
               "queries": found, "shards": records}
     vectors_file = io.BytesIO()
