@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(folder for folder in Path(__file__).resolve().parents if (folder / "mkdocs.yml").is_file())
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 CODE = ("pipeline", "trainer", "jobs", "cluster", "benchmarks", "tests")
@@ -66,7 +66,7 @@ def dangling_pointers() -> list[str]:
     dangling = []
     for path in code_files():
         relative = str(path.relative_to(ROOT))
-        if relative == "tests/test_docs.py":  # its own examples of pointers
+        if path == Path(__file__).resolve():  # its own examples of pointers
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             for match in DOCUMENT.finditer(line):
