@@ -5,7 +5,7 @@ node costs (from its raylet's death to training again, plus the steps redone sin
     python benchmarks/bench_cluster.py --data DATASET     # e.g. the tests' small dataset (10 classes)
 
 The run is the tests' tiny one (2 replicas, width 0.25, batch 8, 14 steps, checkpoints at steps 4, 7, 8);
-rank 1's node is killed after step 10. Run by hand on a quiet machine; prints the numbers the README
+rank 1's node is killed after step 10. Run by hand on a quiet machine; prints the numbers docs/benchmarks.md
 quotes. Starts and stops its own cluster by PID (never `ray stop`).
 """
 

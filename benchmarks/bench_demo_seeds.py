@@ -1,4 +1,4 @@
-"""The demo's ten-crop error over seeds: the figures README "## Demo" quotes come from this script.
+"""The demo's ten-crop error over seeds: the figures docs/demo.md, "Results by seed", quotes come from this script.
 
     python benchmarks/bench_demo_seeds.py --out /tmp/demo-seeds              # seeds 0-4, ~5 x 4 min on 2 idle cores
     python benchmarks/bench_demo_seeds.py --out /tmp/demo-seeds --seeds 0 1  # a subset

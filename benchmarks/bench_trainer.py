@@ -16,7 +16,7 @@ step) for one truncated epoch; its step time and the share of it spent waiting f
 the run's own step records, first window dropped. With --gpu, nvidia-smi is sampled during the trainer
 phase for GPU utilisation and memory. Each variant (`--variants`: PRECISION[+compile], comma-separated)
 runs bare, trainer, bare again, so ratios between variants come from one run on one machine's load.
-Target: the trainer within 5% of the bare loop where the loader keeps up (see README "## Training").
+Target: the trainer within 5% of the bare loop where the loader keeps up (docs/benchmarks.md, "Overhead against a bare loop").
 """
 
 from __future__ import annotations

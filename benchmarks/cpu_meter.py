@@ -68,7 +68,7 @@ class CpuCgroup:
 
 def cpu_model() -> str:
     """The CPU the figures were measured on, as /proc/cpuinfo names it, and the CPUs this process sees:
-    per-core ratios differ by CPU (README figures name theirs)."""
+    per-core ratios differ by CPU (docs/benchmarks.md names each figure's)."""
     try:
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")

@@ -37,10 +37,10 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
                             epochs=epochs, batch_size=batch_size, eval_batch_size=batch_size, lr=lr,
                             # A narrow model learns in minutes with the width-scaled init (the config
                             # default), Caffe's 0.1 positive bias and no dropout; the paper's bias 1
-                            # and dropout 0.5 take several times more steps (README "## Demo").
+                            # and dropout 0.5 take several times more steps (docs/demo.md).
                             width=width, positive_bias=0.1, dropout=0.0, patience=3, loader_workers=1,
                             checkpoint_every_steps=0,
-                            # deterministic kernels: one seed, one result (README "## Demo": cost measured)
+                            # deterministic kernels: one seed, one result (docs/demo.md: cost measured)
                             keep_checkpoints=1, log_every_steps=5, seed=seed, deterministic=deterministic)
 
     from jobs.demo_report import write_report

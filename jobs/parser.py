@@ -76,7 +76,7 @@ class _ListConfig(argparse.Action):
 
 def _add_training(sub: argparse._SubParsersAction) -> None:
     """`alexnet train`, `alexnet eval`, `alexnet plot` (trainer/)."""
-    p = sub.add_parser("train", help="train AlexNet with Ray Train (paper defaults; see README Training)",
+    p = sub.add_parser("train", help="train AlexNet with Ray Train (paper defaults; see docs/training.md)",
                        description="Train AlexNet with Ray Train. Settings are config keys (`--list-config` "
                        "lists them), from defaults, then --config FILE, then the flags below, then --set. "
                        "The same --name again continues the run from its last checkpoint.")
@@ -88,7 +88,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-timeout", metavar="SECONDS",
                    help="give up waiting for the nodes the run needs after this long (default 1800; 0: no end)")
     p.add_argument("--config", metavar="FILE|RECIPE", help="YAML, TOML or JSON file of config keys, or a shipped "
-                   "recipe: imagenet (the paper), imagenette (the paper's recipe at Imagenette's size)")
+                   "recipe: imagenet (the paper), imagenette (the paper's recipe at Imagenette's size); "
+                   "docs/training.md")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set lr=0.02 (repeatable)")
     p.add_argument("--fresh", action="store_true", help="delete the run folder and start over")

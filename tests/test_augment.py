@@ -21,7 +21,7 @@ def test_colour_noise_matches_a_direct_numpy_implementation(stats):
     alphas = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)) * 0.1
     out = transform.apply(images, alphas).numpy()
 
-    # the paper's formula, scale as REFERENCE.md: [0, 1]-scale eigenvalues, shift times 255
+    # the paper's formula, scale as docs/reference.md: [0, 1]-scale eigenvalues, shift times 255
     vectors = np.array(stats["eigenvectors"], dtype=np.float64)  # column j = component j
     values01 = np.array(stats["eigenvalues"], dtype=np.float64) / 255.0**2
     mean = np.array(stats["mean_rgb"], dtype=np.float64)
@@ -50,7 +50,7 @@ def test_noise_covariance_is_v_diag_lambda_squared_over_100_vt(stats):
     want = vectors @ np.diag(0.01 * values01**2) @ vectors.T
     got = np.cov(noise01, rowvar=False)
     np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
-    # the scale bug REFERENCE.md warns about (0-255 eigenvalues used as is) would be ~255^2 times larger
+    # the scale bug docs/reference.md warns about (0-255 eigenvalues used as is) would be ~255^2 times larger
     assert np.abs(noise01).max() < 0.2
 
 

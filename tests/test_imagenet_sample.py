@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.shard.images import decode_stored, process_image
 from pipeline.shard.stats import add_moments, empty_moments, image_moments, stats_from_moments
 
-# REFERENCE.md "ImageNet colour statistics in common use", pixels on the [0, 1] scale
+# docs/reference.md "Colour statistics in common use", pixels on the [0, 1] scale
 MEAN_RGB = (0.485, 0.456, 0.406)
 EIGENVALUES = (0.2175, 0.0188, 0.0045)
 EIGENVECTORS = np.array([(-0.5675, -0.5808, -0.5836), (0.7192, -0.0045, -0.6948), (0.4009, -0.8140, 0.4203)]).T
@@ -45,7 +45,7 @@ def test_colour_statistics_are_the_papers_imagenet_ones(stored):
         moments = add_moments(moments, image_moments(pixels))
     stats = stats_from_moments(moments)
     np.testing.assert_allclose(np.array(stats["mean_rgb"]) / 255, MEAN_RGB, atol=0.02)
-    # 4:2:0 chroma lowers the smaller eigenvalues a little (REFERENCE.md), and 317 images are not 1.2M
+    # 4:2:0 chroma lowers the smaller eigenvalues a little (docs/reference.md), and 317 images are not 1.2M
     relative = np.array(stats["eigenvalues"]) / 255**2 / EIGENVALUES - 1
     assert np.all(np.abs(relative) < [0.1, 0.15, 0.3]), relative
     alignment = np.abs(np.array(stats["eigenvectors"]).T @ EIGENVECTORS)  # up to sign

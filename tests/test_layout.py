@@ -88,7 +88,7 @@ def test_no_import_circles_among_the_project_modules():
 
 
 def test_imports_never_run_back_up_the_layers():
-    """cluster -> jobs -> trainer -> pipeline (README "How the code is laid out")."""
+    """cluster -> jobs -> trainer -> pipeline (docs/layout.md)."""
     layer = {"pipeline": 0, "trainer": 1, "jobs": 2, "cluster": 3}
     files = module_files()
     upward = sorted(f"{name} -> {other}" for name, path in files.items() for other in imports(path, name, set(files))

@@ -18,7 +18,7 @@ from photos import sample_files
 from trainer.model import AlexNet, GroupedAlexNet, PaperLRN
 from trainer.summary import format_summary, model_summary
 
-# REFERENCE.md "Shapes and counts": both towers together, 1000 classes.
+# docs/reference.md "Layers": both towers together, 1000 classes.
 PAPER_PARAMS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,
                 "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000}
 PAPER_SHAPES = {"conv1": [96, 55, 55], "pool1": [96, 27, 27], "conv2": [256, 27, 27], "pool2": [256, 13, 13],
@@ -230,7 +230,7 @@ def test_autocast_bf16_and_channels_last_give_the_fp32_answer():
 
 
 def test_a_training_step_reduces_the_loss_on_a_fixed_batch():
-    # The narrow-model settings (README "## Model", Init): with bias 1 the first steps at lr 0.01 overshoot.
+    # The narrow-model settings (docs/model.md, "Init"): with bias 1 the first steps at lr 0.01 overshoot.
     model = small_model(dropout=0.0, positive_bias=0.1)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images, labels = real_batch(8), torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])

@@ -16,7 +16,7 @@ def paper_rule(w, v, grad, lr, momentum=0.9, decay=5e-4):
 
 
 def test_spot_check_from_reference():
-    # REFERENCE.md: no weight decay, grad 1, lr 0.1 for step 1 then 0.01: paper w2 = -0.2, PyTorch -0.119.
+    # docs/reference.md: no weight decay, grad 1, lr 0.1 for step 1 then 0.01: paper w2 = -0.2, PyTorch -0.119.
     w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = PaperSGD([w], lr=0.1, momentum=0.9, weight_decay=0.0)
     values = []

@@ -1,8 +1,7 @@
-"""README.md's Python examples run, so they cannot rot: every ```python block's imports execute, and the
-blocks listed in RUNNABLE run whole on the small test dataset, with the few names a reader supplies
-(rank, device, the dataset folder) substituted. A new block gets its imports checked at once; make it
-runnable by adding its substitutions here. Its map of the code ("How the code is laid out") names
-every module of pipeline/, trainer/ and jobs/, and no module that is gone."""
+"""The Python examples of README.md and of every docs/ page run, so they cannot rot: every ```python
+block's imports execute, and the blocks listed in RUNNABLE run whole on the small test dataset, with the
+few names a reader supplies (rank, device, the dataset folder) substituted. A new block gets its imports
+checked at once; make it runnable by adding its substitutions here."""
 
 from __future__ import annotations
 
@@ -12,73 +11,56 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+ROOT = next(folder for folder in Path(__file__).resolve().parents if (folder / "mkdocs.yml").is_file())
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
-# the block's first line -> (text in the block -> what the test runs instead); every text must be there
+# (page, the block's first line) -> {text in the block: what the test runs instead}; every text must be there
 RUNNABLE = {
-    "from pipeline.loader import TrainLoader, EvalLoader, BatchTransform": {
+    ("docs/loaders.md", "from pipeline.loader import TrainLoader, EvalLoader, BatchTransform"): {
         '"out/", 128,': '"out/", 8,',  # the small dataset's 120 samples: batches of 8
         '"out/"': "DATASET",
         "num_workers=6": "num_workers=0",  # decode processes' start-up is the loader tests' business
         "pin_memory=True": "pin_memory=False",  # no GPU here
         "range(start_epoch, 90)": "range(89, 90)",  # one epoch
     },
-    "from trainer.model import AlexNet, default_devices": {'"cuda:0"': '"cpu"', '"cuda:1"': '"cpu"'},
+    ("README.md", "from pipeline.loader import TrainLoader, BatchTransform"): {
+        '"out/", 128,': '"out/", 8,',
+        '"out/"': "DATASET",
+        "num_workers=6": "num_workers=0",
+        "range(90)": "range(1)",
+    },
+    ("docs/model.md", "from trainer.model import AlexNet, default_devices"): {'"cuda:0"': '"cpu"', '"cuda:1"': '"cpu"'},
 }
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+def python_blocks() -> list[tuple[str, str]]:
+    """(page relative to the root, block) for every ```python block of the README and the docs."""
+    return [(str(page.relative_to(ROOT)), block) for page in PAGES
+            for block in re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)]
 
 
-def test_the_readme_has_the_examples_this_test_knows():
-    firsts = [block.splitlines()[0] for block in python_blocks()]
-    assert set(RUNNABLE) <= set(firsts), f"README blocks now start {firsts}: update RUNNABLE"
+def test_the_pages_have_the_examples_this_test_knows():
+    firsts = {(page, block.splitlines()[0]) for page, block in python_blocks()}
+    assert set(RUNNABLE) <= firsts, f"python blocks now start {sorted(firsts)}: update RUNNABLE"
 
 
-@pytest.mark.parametrize("block", python_blocks(), ids=lambda block: block.splitlines()[0][:60])
-def test_every_readme_block_imports(block):
+@pytest.mark.parametrize("page, block", python_blocks(), ids=lambda x: x.splitlines()[0][:60])
+def test_every_python_block_imports(page, block):
     tree = ast.parse(block)
     imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert imports or not block.strip()
-    exec(compile(ast.Module(imports, type_ignores=[]), "README.md", "exec"), {})
+    exec(compile(ast.Module(imports, type_ignores=[]), page, "exec"), {})
 
 
-@pytest.mark.parametrize("first", sorted(RUNNABLE))
-def test_readme_block_runs(first, small_dataset):
-    block = next(b for b in python_blocks() if b.splitlines()[0] == first)
-    for text, instead in RUNNABLE[first].items():
-        assert text in block, f"README's block `{first}` no longer holds {text}: update RUNNABLE"
+@pytest.mark.parametrize("page, first", sorted(RUNNABLE))
+def test_python_block_runs(page, first, small_dataset):
+    block = next(b for p, b in python_blocks() if p == page and b.splitlines()[0] == first)
+    for text, instead in RUNNABLE[page, first].items():
+        assert text in block, f"{page}'s block `{first}` no longer holds {text}: update RUNNABLE"
         block = block.replace(text, instead)
     names = {"DATASET": small_dataset, "rank": 0, "world_size": 1, "device": "cpu", "checkpoint": {}}
-    exec(compile(block, "README.md", "exec"), names)
+    exec(compile(block, page, "exec"), names)
     if "checkpoint" in block:  # the loaders' example: one epoch went by, its position saved
         assert names["checkpoint"]["loader"]["epoch"] == 89 and names["x"].dtype.is_floating_point
-
-
-def mapped_paths() -> set[str]:
-    """The files the README's map names: two spaces of indent per folder level, names before the text."""
-    text = README.read_text()
-    section = text[text.index("## How the code is laid out"):]
-    tree = re.findall(r"^```\n(.*?)^```", section, re.S | re.M)[1]  # the first block is the data flow
-    folders, paths = [], set()
-    for line in tree.splitlines():
-        depth = (len(line) - len(line.lstrip())) // 2
-        names = re.split(r"\s{2,}", line.strip())[0]
-        folders = folders[:depth]
-        for name in names.split(", "):
-            if name.endswith("/"):
-                folders.append(name)
-            else:
-                paths.add("".join(folders) + name)
-    return paths
-
-
-def test_the_readme_map_names_every_module():
-    modules = {str(path.relative_to(ROOT)) for package in ("pipeline", "trainer", "jobs")
-               for path in (ROOT / package).rglob("*.py") if path.name != "__init__.py"}
-    mapped = {path for path in mapped_paths() if path.split("/")[0] in ("pipeline", "trainer", "jobs")}
-    assert "trainer/state.py" in mapped and "pipeline/loader/plan.py" in mapped  # the map was read
-    assert sorted(modules - mapped) == [], "modules the README's map does not name"
-    assert sorted(mapped - modules) == [], "the README's map names modules that are gone"
+    if "loader" in names:
+        assert names["x"].dtype.is_floating_point and names["x"].shape[1:] == (3, 224, 224)

@@ -1,5 +1,5 @@
 """Costs that grow with the dataset stay linear and small at ImageNet's 1.28 million samples
-(benchmarks/bench_scale.py measures them; README "Costs at ImageNet's size"). Held here at sizes the
+(benchmarks/bench_scale.py measures them; docs/benchmarks.md "Costs at ImageNet's size"). Held here at sizes the
 suite affords, by the Python-heap peak (tracemalloc) of the pure functions involved."""
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_two_replicas_train_and_fill_the_run_folder(reference, small_dataset):
     assert end["replica_digests"][0] == ckpt.weights_digest(state["model"])
     assert (end["step"], end["epochs"], end["reason"]) == (STEPS, 2, "max epochs")
 
-    # checkpoint contents (DESIGN.md), loadable with weights_only=True by anyone
+    # checkpoint contents (docs/design.md), loadable with weights_only=True by anyone
     assert {"model", "optimizer", "schedule", "epoch", "step", "loader", "rng", "config", "history",
             "world_size"} <= state.keys()
     assert state["world_size"] == 2 and len(state["loader"]) == len(state["rng"]) == 2

@@ -5,8 +5,8 @@ plus a horizontal flip with probability 0.5 for training; the centre crop or the
 corners, centre, and their mirror images) for evaluation.
 
 On the training device, per batch and vectorised: mean subtraction and PCA colour noise
-(`BatchTransform`). Noise follows the convention of every common implementation (REFERENCE.md, "PCA
-noise scale"): eigenvalues of the covariance of pixels on the [0, 1] scale, the resulting shift
+(`BatchTransform`). Noise follows the convention of every common implementation (docs/reference.md,
+"PCA colour noise"): eigenvalues of the covariance of pixels on the [0, 1] scale, the resulting shift
 multiplied by 255 because our pixels are 0-255. stats.json stores 0-255 statistics, so its eigenvalues
 are divided by 255^2 here.
 """

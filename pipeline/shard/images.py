@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 cv2.setNumThreads(1)  # one Ray task per core: OpenCV's own thread pool would only oversubscribe
 # Chroma subsampling of the stored JPEGs. 4:2:0 (default) encodes ~40% faster, makes ~25% smaller shards
 # and decodes faster in every epoch's loader; 4:4:4 keeps full colour resolution (4:2:0 lowers the 2nd
-# and 3rd PCA eigenvalues by ~4%, REFERENCE.md; stats.json is computed on the stored pixels either way).
+# and 3rd PCA eigenvalues by ~4%, docs/reference.md; stats.json is computed on the stored pixels either way).
 CHROMA_SUBSAMPLING = ("420", "444")
 
 

@@ -112,7 +112,7 @@ def _class_source(out: str, split: str, classes: str | None) -> str:
 
 
 def _class_list(out: str, split: str, classes: str | None, scan: Scan, inputs: list[Input]) -> list[tuple[str, str]]:
-    """[(synset, name)]; position = class index (DESIGN.md, "Class indices")."""
+    """[(synset, name)]; position = class index (docs/design.md, "Class indices")."""
     if classes:
         return read_class_list(classes)
     if split == TRAIN:

@@ -1,7 +1,7 @@
 """The skip rules of the scan, in one place: what a folder walk reads, what it leaves out and why, and
 how a local input is opened so that nothing named like an image can block or fail a shard task.
 
-Rules (README "What the scan reads and what it skips"): hidden entries are skipped unread; a symlinked
+Rules (docs/sharding.md, "What the scan reads and what it skips"): hidden entries are skipped unread; a symlinked
 folder is followed only as a class folder that links outside the input; every other non-folder entry
 is a candidate input, and one that is not a regular file (FIFO, socket, device, dangling symlink,
 symlink loop) is skipped by its shard task with what it is.
