@@ -1,0 +1,274 @@
+"""The paper's recipe on real photographs: Imagenette through the whole system, one command.
+
+    python benchmarks/bench_imagenette.py --data ../shared/data/imagenette --out ~/imagenette     # full width
+    python benchmarks/bench_imagenette.py --data ../shared/data/imagenette --out ~/imagenette --width 0.25
+    python benchmarks/bench_imagenette.py ... --seeds 0 1 2 --update README.md docs/imagenette.md
+
+Every step is the public command line a user would type, in a subprocess:
+    alexnet shard DATA/train OUT/shards --split train     (and DATA/val --split val)
+    alexnet train --config imagenette --data OUT/shards --storage OUT/runs --name widthW-seedS --set width=W ...
+    alexnet eval --checkpoint RUN --data OUT/shards --json            (centre crop, then --ten-crop)
+    alexnet predict RUN <one validation photograph per class> --json
+    alexnet neighbours RUN --data OUT/shards --out OUT/neighbours/RUN_NAME
+    alexnet plot RUN                                                   (curves, Figure 3 and its scores)
+then OUT/results.json and OUT/results.md (one column per run), and, with --update, the table between the
+`<!-- imagenette-results:start -->` / `end -->` markers of the files named. --figures copies the
+curves, Figure 3 and Figure 4 of the first run into a folder (small palette PNGs) for the docs.
+
+Killed and given again, it continues: finished splits are kept, a run resumes from its last checkpoint
+(a finished run is not redone), and each sitting's wall-clock and CPU seconds add to OUT/ledger.json.
+CPU seconds are every process of a step (Ray's workers included), counted by a cgroup of the step's
+own (benchmarks/cpu_meter.py; needs root), else left out. Nothing here knows Imagenette: DATA is any
+tree of train/<synset>/ and val/<synset>/ folders, and --config any recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_meter import CpuCgroup, cpu_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- imagenette-results:start -->", "<!-- imagenette-results:end -->"
+# Keys of a run's config that say where and how it ran, not what it learned: never a recipe departure
+MACHINE_KEYS = {"data", "name", "storage", "workers", "min_workers", "resize_check_seconds", "gpus_per_worker",
+                "cpus_per_worker", "wait_timeout", "loader_workers", "eval_batch_size", "checkpoint_every_steps",
+                "keep_checkpoints", "log_every_steps", "max_failures", "seed", "deterministic", "precision",
+                "compile"}
+# fastai's Imagenette leaderboard (another network, random init, centre crop, full 3,925-image validation set)
+FASTAI = [("xresnet, 128 px, 5 epochs", 0.858), ("xresnet, 128 px, 20 epochs", 0.916),
+          ("xresnet, 128 px, 80 epochs", 0.936), ("xresnet, 256 px, 20 epochs", 0.935),
+          ("xresnet, 256 px, 80 epochs", 0.949)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="DATA/train/<synset>/ and DATA/val/<synset>/ photographs")
+    parser.add_argument("--out", required=True, help="folder for shards, runs, results (kept between sittings)")
+    parser.add_argument("--config", default="imagenette", help="recipe name or file (default imagenette)")
+    parser.add_argument("--width", type=float, default=1.0, help="model width (default 1: the paper's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more config keys for every run (machine settings such as precision=bf16)")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs per training worker (default all)")
+    parser.add_argument("--why", action="append", default=[], metavar="KEY=TEXT",
+                        help="why a config key departs from the paper's recipe, for the table (repeatable)")
+    parser.add_argument("--update", nargs="*", default=[], metavar="FILE",
+                        help="replace the table between the imagenette-results markers of these files")
+    parser.add_argument("--figures", help="copy the first run's curves, Figure 3 and Figure 4 here")
+    parser.add_argument("--skip-train", action="store_true", help="report on the runs as they stand now")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    shards = out / "shards"
+    ledger = Ledger(out / "ledger.json")
+
+    for split in ("train", "val"):
+        ledger.step(f"shard {split}", ["shard", str(Path(args.data, split)), str(shards), "--split", split])
+    results = []
+    for seed in args.seeds:
+        name = f"width{args.width:g}-seed{seed}"
+        run = out / "runs" / name
+        if not args.skip_train:
+            settings = [f"width={args.width}", f"seed={seed}", f"cpus_per_worker={args.cpus}", *args.set]
+            before = len(_epochs(run))
+            ledger.step(f"train {name}", ["train", "--config", args.config, "--data", str(shards), "--storage",
+                                          str(out / "runs"), "--name", name, *[a for s in settings for a in ("--set", s)]])
+            ledger.add(f"train {name}", "epochs", len(_epochs(run)) - before)  # what this sitting's seconds bought
+        results.append(report_run(run, shards, Path(args.data), out, ledger, dict(w.split("=", 1) for w in args.why)))
+    summary = {"cpu": cpu_model(), "commit": _commit(), "data": str(Path(args.data).resolve()),
+               "config": args.config, "runs": results, "fastai": FASTAI}
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = markdown(summary)
+    (out / "results.md").write_text(table)
+    print(table)
+    for file in args.update:
+        replace_between_markers(Path(file), table)
+        print(f"updated {file}")
+    if args.figures:
+        copy_figures(results[0], Path(args.figures))
+    return 0
+
+
+class Ledger:
+    """Each step's wall-clock and CPU seconds, summed over every sitting that ran it (OUT/ledger.json)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.steps = json.loads(path.read_text()) if path.is_file() else {}
+
+    def step(self, label: str, command: list[str], capture: bool = False, cwd: Path | None = None) -> str:
+        """Run `alexnet COMMAND...`; a failure stops the benchmark with the command's own message."""
+        argv = [str(Path(sys.executable).parent / "alexnet"), *command]
+        print(f"$ alexnet {' '.join(command)}", flush=True)
+        started = time.perf_counter()
+        try:
+            with CpuCgroup() as group:
+                done = subprocess.run(argv, capture_output=capture, text=True, cwd=cwd)
+                cpu = group.seconds()
+        except SystemExit:  # no writable cgroup mount: wall-clock only
+            done, cpu = subprocess.run(argv, capture_output=capture, text=True, cwd=cwd), None
+        wall = time.perf_counter() - started
+        entry = self.steps.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "sittings": 0, "cpu_metered": True})
+        entry["wall_s"] += wall
+        entry["sittings"] += 1
+        if cpu is None:
+            entry["cpu_metered"] = False
+        else:
+            entry["cpu_s"] += cpu
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.steps, indent=1) + "\n")
+        if done.returncode != 0:
+            raise SystemExit(f"alexnet {command[0]} failed (exit {done.returncode})"
+                             + (f": {done.stderr.strip()[-2000:]}" if capture else ""))
+        return done.stdout if capture else ""
+
+    def add(self, label: str, key: str, value: float) -> None:
+        entry = self.steps[label]
+        entry[key] = entry.get(key, 0) + value
+        self.path.write_text(json.dumps(self.steps, indent=1) + "\n")
+
+
+def _epochs(run: Path) -> list[dict]:
+    """The run's epoch records so far (none before its first epoch ends)."""
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return [r for r in map(json.loads, filter(str.strip, lines)) if r["kind"] == "epoch"]
+
+
+def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, why: dict) -> dict:
+    """Evaluate one run's best checkpoint, ask it about photographs, draw its figures; its numbers."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = _epochs(run)
+    steps = [r for r in records if r["kind"] == "step"]
+    ends = [r for r in records if r["kind"] == "end"]
+    config = json.loads((run / "config.json").read_text())
+    centre = json.loads(ledger.step(f"eval {run.name}", ["eval", "--checkpoint", str(run), "--data", str(shards),
+                                                         "--json"], capture=True))
+    ten = json.loads(ledger.step(f"eval ten-crop {run.name}", ["eval", "--checkpoint", str(run), "--data",
+                                                               str(shards), "--ten-crop", "--json"], capture=True))
+    photos = sorted(next(iter(sorted(folder.iterdir()))) for folder in sorted((data / "val").iterdir()))
+    predicted = json.loads(ledger.step(f"predict {run.name}", ["predict", str(run), *map(str, photos), "--json"],
+                                       capture=True))
+    examples = [str(p.relative_to(data)) for p in photos[:3]]  # printed as a user in DATA would type them
+    neighbours_out = out / "neighbours" / run.name
+    ledger.step(f"neighbours {run.name}", ["neighbours", str(run), "--data", str(shards), "--out", str(neighbours_out)])
+    plot_text = ledger.step(f"plot {run.name}", ["plot", str(run)], capture=True)
+    print(plot_text, end="")
+    figure3 = json.loads((run / "plots" / "figure3.json").read_text())["towers"]
+    train_steps = ledger.steps.get(f"train {run.name}", {})
+    from trainer.config import read_config_file
+
+    paper = read_config_file("imagenet")
+    departures = {k: {"value": config[k], "paper": paper.get(k), "why": why.get(k, "")}
+                  for k in sorted(config) if k not in MACHINE_KEYS and k in paper and config[k] != paper[k]}
+    return {
+        "run": str(run), "width": config["width"], "seed": config["seed"], "precision": config["precision"],
+        "departures": departures, "finished": bool(ends), "end_reason": ends[-1]["reason"] if ends else None,
+        "epochs_run": len(epochs), "best_epoch": min(epochs, key=lambda r: r["val_top1_error"])["epoch"],
+        "lr_reduced_after_epochs": [r["epoch"] for r in epochs if r["decision"] == "reduce"],
+        "centre_crop": {k: centre[k] for k in ("top1_error", "top5_error", "samples", "checkpoint") if k in centre},
+        "ten_crop": {k: ten[k] for k in ("top1_error", "top5_error", "samples") if k in ten},
+        "train_loss_end": epochs[-1]["train_loss"], "val_loss_end": epochs[-1]["val_loss"],
+        "val_top1_error_per_epoch": [r["val_top1_error"] for r in epochs],
+        "train_top1_error_per_epoch": [r["train_top1_error"] for r in epochs],
+        "training_seconds": sum(r["seconds"] for r in epochs),
+        "train_wall_s": train_steps.get("wall_s"), "train_sittings": train_steps.get("sittings"),
+        # CPU seconds of the sittings this script metered, and the epochs those sittings trained
+        "train_cpu_s": train_steps.get("cpu_s") if train_steps.get("cpu_metered") else None,
+        "train_cpu_epochs": train_steps.get("epochs", 0),
+        "images_per_s": statistics.median(r["images_per_s"] for r in steps) if steps else None,
+        "data_wait": statistics.mean(r.get("data_wait", 0.0) for r in steps) if steps else None,
+        "predict": [{"photo": str(Path(p).relative_to(data)), "true": Path(p).parent.name,
+                     "top1": result["top5"][0]["synset"], "top1_name": result["top5"][0]["name"],
+                     "probability": result["top5"][0]["probability"]} for p, result in zip(photos, predicted["predictions"])],
+        "predict_example": {"command": f"alexnet predict OUT/runs/{run.name} " + " ".join(examples),
+                            "printed": ledger.step(f"predict {run.name}", ["predict", str(run), *examples],
+                                                   capture=True, cwd=data)},
+        "colour_specificity": [{k: v for k, v in t.items() if k != "scores"} for t in figure3],
+        "figures": {"error": str(run / "plots" / "error.png"), "loss": str(run / "plots" / "loss.png"),
+                    "figure3": str(run / "plots" / "figure3.png"), "figure4": str(neighbours_out / "figure4.png")},
+    }
+
+
+def markdown(summary: dict) -> str:
+    """One column per run; the fastai figures below for scale."""
+    runs = summary["runs"]
+    head = "| | " + " | ".join(f"width {r['width']:g}, seed {r['seed']}" for r in runs) + " |"
+    rows = [head, "|---|" + "---|" * len(runs)]
+
+    def row(label: str, cell) -> None:
+        rows.append(f"| {label} | " + " | ".join(cell(r) for r in runs) + " |")
+
+    row("top-1 error, centre crop", lambda r: f"**{r['centre_crop']['top1_error']:.1%}**")
+    row("top-1 error, ten crops", lambda r: f"**{r['ten_crop']['top1_error']:.1%}**")
+    row("top-5 error, centre / ten crops", lambda r: f"{r['centre_crop']['top5_error']:.1%} / "
+        f"{r['ten_crop']['top5_error']:.1%}")
+    row("best epoch / epochs run", lambda r: f"{r['best_epoch']} / {r['epochs_run']}"
+        + ("" if r["finished"] else " (still running)"))
+    row("lr divided by 10 after epochs", lambda r: ", ".join(map(str, r["lr_reduced_after_epochs"])) or "none yet")
+    row("train / val loss at the end", lambda r: f"{r['train_loss_end']:.3f} / {r['val_loss_end']:.3f}")
+    row("training wall-clock (epochs' own time)", lambda r: f"{r['training_seconds'] / 3600:.2f} h")
+    row("training CPU-seconds", lambda r: f"{r['train_cpu_s']:,.0f} over {r['train_cpu_epochs']} epochs "
+        f"({r['train_cpu_s'] / r['train_cpu_epochs']:,.0f} an epoch)" if r["train_cpu_s"] and r["train_cpu_epochs"]
+        else "not metered")
+    row("images/s (median) / data wait", lambda r: f"{r['images_per_s']:.0f} / {r['data_wait']:.1%}"
+        if r["images_per_s"] else "-")
+    row("predict: photos right (one per class)", lambda r: f"{sum(p['top1'] == p['true'] for p in r['predict'])} "
+        f"of {len(r['predict'])}")
+    row("conv1 colour specificity, tower 1 / 2", lambda r: " / ".join(f"{t['mean']:.2f}"
+                                                                      for t in r["colour_specificity"]))
+    row("departures from the paper's recipe", lambda r: "; ".join(
+        f"{k} {d['value']} (paper {d['paper']}){': ' + d['why'] if d['why'] else ''}"
+        for k, d in r["departures"].items()) or "none")
+    val = runs[0]["centre_crop"].get("samples", "")
+    lines = ["\n".join(rows), "",
+             f"{val} validation photographs; `python benchmarks/bench_imagenette.py --data DATA --out OUT "
+             f"--width W --seeds S` (recipe `{summary['config']}`), on {summary['cpu']}, commit "
+             f"{summary['commit']}. Random kernels score 0.67 colour specificity.", "",
+             "For scale, fastai's Imagenette leaderboard (another network, centre crop, top-1 accuracy): "
+             + "; ".join(f"{name} {accuracy:.1%}" for name, accuracy in summary["fastai"]) + "."]
+    example = runs[0]["predict_example"]
+    lines += ["", "What `alexnet predict` printed for three validation photographs (the first run's best checkpoint):",
+              "", "```", f"$ {example['command']}", example["printed"].rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def replace_between_markers(path: Path, table: str) -> None:
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{path}: no {START} ... {END} markers to put the table between")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    path.write_text(f"{before}{START}\n{table}{END}{after}")
+
+
+def copy_figures(result: dict, folder: Path) -> None:
+    """Palette PNGs (a few hundred KB) of the run's curves and figures, for docs and README."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in result["figures"].items():
+        with Image.open(source) as picture:
+            picture.convert("RGB").quantize(256).save(folder / f"{name}.png", optimize=True)
+        print(f"figure {folder / f'{name}.png'}")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
