@@ -78,6 +78,7 @@ def inspect_dataset(dataset: str, verify: bool = False, as_json: bool = False) -
             "classes": manifest["num_classes"], "bytes": sum(s["bytes"] for s in manifest["shards"]),
             "image_size": manifest["image_size"], "jpeg_quality": manifest["jpeg_quality"],
             "source": manifest["source"],
+            "class_names": [[c["synset"], c.get("name", "")] for c in manifest["classes"]],
         }
         if verify:
             entry["problems"] = verify_split(dataset, split, manifest)
@@ -128,6 +129,10 @@ def _print_report(report: dict, verify: bool) -> None:
               f"({e['bytes'] / 1e6:.1f} MB), {plural(e['classes'], 'class', 'classes')}, "
               f"{e['image_size']}px JPEG q{e['jpeg_quality']}, "
               f"{len(e['skipped'])} of {e['inputs_found']} inputs skipped; from {e['source']}")
+        named = [f"{synset} {name}".strip() for synset, name in e.get("class_names", [])]
+        if named:
+            print(f"    classes: {', '.join(named[:4])}{', ...' if len(named) > 4 else ''} "
+                  f"({sum(1 for _, name in e['class_names'] if name)} of {len(named)} named)")
         for skipped in e["skipped"][:10]:
             print(f"    skipped {skipped['path']}: {skipped['reason']}")
         if len(e["skipped"]) > 10:

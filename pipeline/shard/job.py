@@ -22,7 +22,7 @@ from pipeline import storage
 from pipeline.errors import UserError, storage_error_in, storage_error_text
 from pipeline.ray_instance import own_ray
 from pipeline.shard.images import CHROMA_SUBSAMPLING
-from pipeline.shard.labels import check_class_names, read_class_list, read_labels
+from pipeline.shard.labels import check_class_names, read_class_list, read_labels, with_names
 from pipeline.shard.progress import Progress, plural
 from pipeline.shard.manifest import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
                              plan_shards, progress_location, read_manifest, rows_table, stale_temporaries,
@@ -62,6 +62,10 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
               "image_size": size, "jpeg_quality": quality, "chroma_subsampling": chroma,
               "inputs_sha256": _inputs_digest(inputs),
               "skipped_sha256": _digest(scan.skipped), "classes_sha256": _digest(class_list)}
+    if classes or split == TRAIN:  # a split that defines its class list; others keep the train split's names
+        # after the digest: WordNet's names follow from the synsets, so a split sharded before the
+        # project shipped them keeps its configuration (a rerun completes it, no --overwrite)
+        class_list = with_names(class_list)
     check_writable(out)
     if _already_done(out, split, config, overwrite):
         print(f"{split}: already complete in {out} (same configuration); nothing to do")
