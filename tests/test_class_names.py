@@ -1,7 +1,10 @@
-"""Class names from WordNet's ILSVRC-2012 table, shipped with its notice (DESIGN.md, "Class indices")."""
+"""Class names from WordNet's ILSVRC-2012 table, shipped with its notice (DESIGN.md, "Class indices"), and
+the inputs converted to RGB counted per colour mode: in the manifest, the shard summary and `alexnet inspect`."""
 
 from __future__ import annotations
 
+import io
+import json
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -55,29 +58,50 @@ def test_a_name_given_wins_and_an_unknown_synset_stays_unnamed():
     assert with_names(given) == [("n00000007", ""), ("n01440764", "tench"), ("n03888257", "my chute"), ("cats", "")]
 
 
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
 @pytest.mark.slow
-def test_synset_folders_get_wordnet_names(tmp_path, ray_head):
-    """Real photographs in folders named by ILSVRC-2012 synsets (and one that is not): names from the
-    table (a --classes file's own names win), shown by inspect; a val split keeps train's names."""
+def test_synset_folders_get_wordnet_names_and_converted_inputs_are_counted(tmp_path, ray_head):
+    """Real photographs in folders named by ILSVRC-2012 synsets (and one that is not), one of them saved
+    again as a grayscale and as a CMYK JPEG: names from the table (a --classes file's own names win), the
+    conversions counted in the manifest, the shard summary and inspect; a val split keeps train's names."""
     colour = [f for f in sample_files() if Image.open(f).mode == "RGB"][:3]
     train = tmp_path / "train"
     for synset, photo in zip(("n01440764", "n03888257", "n00000007"), colour):
         (train / synset).mkdir(parents=True)
         (train / synset / f"{synset}_0.JPEG").write_bytes(photo.read_bytes())
+    with Image.open(colour[0]) as img:
+        (train / "n01440764" / "n01440764_gray.JPEG").write_bytes(_jpeg(img.convert("L")))
+        (train / "n01440764" / "n01440764_cmyk.JPEG").write_bytes(_jpeg(img.convert("CMYK")))
     val = tmp_path / "val"
     val.mkdir()
     (val / "ILSVRC2012_val_00000001.JPEG").write_bytes(colour[1].read_bytes())
     (tmp_path / "val.csv").write_text("file,synset\nILSVRC2012_val_00000001.JPEG,n03888257\n")
     out, address = tmp_path / "out", ["--address", ray_head]
 
-    run_cli("shard", train, out, "--split", "train", *address)
+    summary = run_cli("shard", train, out, "--split", "train", *address).stdout
     run_cli("shard", val, out, "--split", "val", "--labels", tmp_path / "val.csv", *address)
     manifest = read_manifest(str(out), "train")
     assert [(c["synset"], c["name"]) for c in manifest["classes"]] == [
         ("n00000007", ""), ("n01440764", "tench"), ("n03888257", "parachute")]
     assert read_manifest(str(out), "val")["classes"] == manifest["classes"]
+    assert manifest["converted"] == {"CMYK": 1, "L": 1} and manifest["total_samples"] == 5
+    assert "1 CMYK and 1 grayscale inputs converted to RGB" in summary
     text = run_cli("inspect", out).stdout
     assert "classes: n00000007, n01440764 tench, n03888257 parachute (2 of 3 named)" in text
+    assert "1 CMYK and 1 grayscale inputs converted to RGB" in text
+    assert "no input converted to RGB (all were RGB)" in text  # the val split's one colour photograph
+
+    # a manifest written before the count was kept still reads; inspect says it was not counted
+    del manifest["converted"]
+    (out / "train.manifest.json").write_text(json.dumps(manifest, indent=1))
+    text = run_cli("inspect", out).stdout
+    assert "inputs converted to RGB: not counted" in text and "train: 5 samples" in text
+    assert json.loads(run_cli("inspect", out, "--json").stdout)["splits"]["train"]["converted"] is None
 
     classes = tmp_path / "classes.tsv"  # its own names win; the one it leaves empty comes from WordNet
     classes.write_text("index\tsynset\tname\n0\tn00000007\tmy own class\n1\tn01440764\tTinca tinca\n"
