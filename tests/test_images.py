@@ -10,7 +10,7 @@ from PIL import Image
 
 from imagenet_trees import odd_files, sample_files
 from pipeline.shard.images import (BadImage, centre_square, decode_for_size, decode_stored, encode_jpeg,
-                                   process_image)
+                                   process_image, process_input)
 
 
 def _pillow_centre_square(data: bytes, resample: Image.Resampling, size: int = 256) -> np.ndarray:
@@ -89,6 +89,23 @@ def test_odd_files_convert_or_fail_with_a_reason(tmp_path):
     assert "truncated" in reasons["truncated.JPEG"]
     assert "empty" in reasons["empty.JPEG"]
     assert "not an image" in reasons["text.JPEG"]
+
+
+def test_the_input_colour_mode_is_reported_on_both_decode_paths(tmp_path):
+    """The mode the sharder counts as converted: a grayscale JPEG (libjpeg-turbo's path) says L, a CMYK
+    one (Pillow's) CMYK, as Pillow's own header reader says; and the stored image is process_image's."""
+    cases = odd_files(tmp_path / "n01440764", sample_files()[0])
+    modes = {}
+    for name in (n for n, converts in cases.items() if converts):
+        data = (tmp_path / "n01440764" / name).read_bytes()
+        jpeg, width, height, mode = process_input(data)
+        assert (jpeg, width, height) == process_image(data)
+        with Image.open(io.BytesIO(data)) as img:
+            assert mode == img.mode, name
+        modes[name.split("_", 1)[1]] = mode
+    assert modes == {"cmyk.JPEG": "CMYK", "gray.JPEG": "L", "png.JPEG": "RGB", "rgba.JPEG": "RGBA",
+                     "palette.JPEG": "P"}
+    assert process_input(sample_files()[0].read_bytes())[3] == "RGB"  # a colour JPEG: nothing converted
 
 
 def test_cmyk_and_alpha_keep_their_colours(tmp_path):

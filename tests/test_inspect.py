@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
+
+from PIL import Image
 
 from conftest import run_cli
+from pipeline.shard.manifest import read_manifest
 from pipeline.shard.progress import Progress
 
 
@@ -47,6 +51,19 @@ def test_unfinished_split_is_reported(sharded_dataset, tmp_path):
     (copy / ".progress" / "val" / "config.json").write_text("{}")
     text = run_cli("inspect", copy).stdout
     assert "val: unfinished" in text and "train: 317 samples" in text
+
+
+def test_inspect_counts_the_grayscale_photographs(sharded_dataset):
+    """The suite's sample has grayscale photographs (tests/photos.py): inspect's count is Pillow's."""
+    report = json.loads(run_cli("inspect", sharded_dataset, "--json").stdout)["splits"]
+    for split in ("train", "val"):
+        source = Path(read_manifest(sharded_dataset, split)["source"])
+        gray = sum(1 for f in source.rglob("*.JPEG") if Image.open(f).mode == "L")
+        assert gray > 0 and report[split]["converted"] == {"L": gray}, split
+    assert report["train"]["class_names"][0] == ["n00000000", ""]  # not ILSVRC-2012 synsets: unnamed
+    text = run_cli("inspect", sharded_dataset).stdout
+    assert f"{report['train']['converted']['L']} grayscale inputs converted to RGB" in text
+    assert "(0 of 317 named)" in text
 
 
 class _Terminal(io.StringIO):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,10 @@ def test_odd_files_in_the_train_tar_are_converted_or_skipped_with_reasons(tmp_pa
     sources = {r["source"] for r in pq.read_table(out / "train.index.parquet").to_pylist()}
     converted = {f"{synset_of(images[0])}/{name}" for name, converts in odd.items() if converts}
     assert converted <= sources and len(sources) == 17
+    # each input that was not RGB counted under its mode, as Pillow's header reader names it
+    modes = Counter(Image.open(root / source).mode for source in sources)
+    assert manifest["converted"] == {mode: modes[mode] for mode in sorted(modes) if mode != "RGB"}
+    assert {"CMYK", "L", "P", "RGBA"} <= set(manifest["converted"])
 
 
 @pytest.mark.slow

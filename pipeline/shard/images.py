@@ -34,9 +34,16 @@ class BadImage(ValueError):
 
 def process_image(data: bytes, size: int = 256, quality: int = 95, chroma: str = "420") -> tuple[bytes, int, int]:
     """(stored JPEG bytes, original width, original height) or BadImage with the reason."""
-    rgb, width, height = decode_for_size(data, size, fast_chroma=chroma == "420")
+    return process_input(data, size, quality, chroma)[:3]
+
+
+def process_input(data: bytes, size: int = 256, quality: int = 95, chroma: str = "420") -> tuple[bytes, int, int, str]:
+    """process_image plus the input's colour mode as Pillow names it ("RGB", "L" for grayscale, "CMYK",
+    "P", "RGBA", ...): the sharder counts the inputs it converted to RGB, so a user can see how many
+    were not colour photographs."""
+    rgb, width, height, mode = _decode(data, size, fast_chroma=chroma == "420")
     square = centre_square(rgb, size)
-    return encode_jpeg(square, quality, chroma), width, height
+    return encode_jpeg(square, quality, chroma), width, height, mode
 
 
 def decode_for_size(data: bytes, size: int, fast_chroma: bool = False) -> tuple[np.ndarray, int, int]:
@@ -48,6 +55,11 @@ def decode_for_size(data: bytes, size: int, fast_chroma: bool = False) -> tuple[
     task. For a 4:2:0 output, whose encoder halves the chroma again, it makes no measurable difference:
     the mean error against a full-resolution Lanczos reference is the same to 0.01 of a level (3.39;
     tests/test_images.py), while a 4:4:4 output would lose 0.015; so only 4:2:0 outputs use it."""
+    return _decode(data, size, fast_chroma)[:3]
+
+
+def _decode(data: bytes, size: int, fast_chroma: bool) -> tuple[np.ndarray, int, int, str]:
+    """decode_for_size plus the input's colour mode (Pillow's name for it)."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     if data[:2] == b"\xff\xd8":
@@ -56,7 +68,7 @@ def decode_for_size(data: bytes, size: int, fast_chroma: bool = False) -> tuple[
             if colorspace in ("YCbCr", "Gray"):
                 min_h, min_w = _scaled_min(width, height, size)
                 return simplejpeg.decode_jpeg(data, "RGB", fastupsample=fast_chroma, min_height=min_h,
-                                              min_width=min_w), width, height
+                                              min_width=min_w), width, height, _JPEG_MODES[colorspace]
         except ValueError:
             pass  # CMYK/YCCK or a recoverable libjpeg warning: Pillow decides below
     return _decode_with_pillow(data, size)
@@ -73,7 +85,10 @@ def _scaled_min(width: int, height: int, size: int) -> tuple[int, int]:
     return math.ceil(height / factor), math.ceil(width / factor)
 
 
-def _decode_with_pillow(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
+_JPEG_MODES = {"YCbCr": "RGB", "Gray": "L"}  # libjpeg-turbo's colour spaces as Pillow names the modes
+
+
+def _decode_with_pillow(data: bytes, size: int) -> tuple[np.ndarray, int, int, str]:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -91,7 +106,7 @@ def _decode_with_pillow(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
         if "truncated" in message or "premature" in message.lower():
             raise BadImage(f"truncated {image.format or 'image'} file ({message})") from None
         raise BadImage(f"cannot decode {image.format or 'image'} ({message})") from None
-    return np.asarray(_to_rgb(image)), width, height
+    return np.asarray(_to_rgb(image)), width, height, image.mode
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

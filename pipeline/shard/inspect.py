@@ -14,7 +14,7 @@ from pipeline.loader.index import SampleIndex
 from pipeline.loader.tar_reader import ShardReadError, iter_samples, map_file
 from pipeline.shard.manifest import (PROGRESS_DIR, progress_location, read_manifest, sha256_of, stale_temporaries,
                                      valid_record)
-from pipeline.shard.progress import plural
+from pipeline.shard.progress import converted_text, plural
 from pipeline.shard.stats import STATS_FILE, read_stats
 
 
@@ -78,6 +78,9 @@ def inspect_dataset(dataset: str, verify: bool = False, as_json: bool = False) -
             "classes": manifest["num_classes"], "bytes": sum(s["bytes"] for s in manifest["shards"]),
             "image_size": manifest["image_size"], "jpeg_quality": manifest["jpeg_quality"],
             "source": manifest["source"],
+            # {colour mode: inputs stored as RGB}; None for a manifest written before they were counted
+            "converted": manifest.get("converted"),
+            "class_names": [[c["synset"], c.get("name", "")] for c in manifest["classes"]],
         }
         if verify:
             entry["problems"] = verify_split(dataset, split, manifest)
@@ -128,6 +131,12 @@ def _print_report(report: dict, verify: bool) -> None:
               f"({e['bytes'] / 1e6:.1f} MB), {plural(e['classes'], 'class', 'classes')}, "
               f"{e['image_size']}px JPEG q{e['jpeg_quality']}, "
               f"{len(e['skipped'])} of {e['inputs_found']} inputs skipped; from {e['source']}")
+        named = [f"{synset} {name}".strip() for synset, name in e.get("class_names", [])]
+        if named:
+            print(f"    classes: {', '.join(named[:4])}{', ...' if len(named) > 4 else ''} "
+                  f"({sum(1 for _, name in e['class_names'] if name)} of {len(named)} named)")
+        print("    " + (converted_text(e["converted"]) if e.get("converted") is not None else
+                        "inputs converted to RGB: not counted (an older `alexnet shard` wrote this manifest)"))
         for skipped in e["skipped"][:10]:
             print(f"    skipped {skipped['path']}: {skipped['reason']}")
         if len(e["skipped"]) > 10:

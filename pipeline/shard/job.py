@@ -22,8 +22,8 @@ from pipeline import storage
 from pipeline.errors import UserError, storage_error_in, storage_error_text
 from pipeline.ray_instance import own_ray
 from pipeline.shard.images import CHROMA_SUBSAMPLING
-from pipeline.shard.labels import check_class_names, read_class_list, read_labels
-from pipeline.shard.progress import Progress, plural
+from pipeline.shard.labels import check_class_names, read_class_list, read_labels, with_names
+from pipeline.shard.progress import Progress, converted_text, plural
 from pipeline.shard.manifest import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
                              plan_shards, progress_location, read_manifest, rows_table, stale_temporaries,
                              write_index, write_manifest, write_shard)
@@ -62,6 +62,10 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
               "image_size": size, "jpeg_quality": quality, "chroma_subsampling": chroma,
               "inputs_sha256": _inputs_digest(inputs),
               "skipped_sha256": _digest(scan.skipped), "classes_sha256": _digest(class_list)}
+    if classes or split == TRAIN:  # a split that defines its class list; others keep the train split's names
+        # after the digest: WordNet's names follow from the synsets, so a split sharded before the
+        # project shipped them keeps its configuration (a rerun completes it, no --overwrite)
+        class_list = with_names(class_list)
     check_writable(out)
     if _already_done(out, split, config, overwrite):
         print(f"{split}: already complete in {out} (same configuration); nothing to do")
@@ -81,8 +85,8 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
                         f"--max-skip-fraction {max_skip_fraction}), e.g. {reasons}. The shards written so "
                         "far are kept; fix the inputs or raise the fraction and rerun")
     skipped = scan.skipped + unreadable  # left out by the layout rules, then unreadable inputs
-    _finish(out, split, src, config, class_list, records, skipped, len(inputs) + len(scan.skipped))
-    _print_summary(split, out, progress, records, skipped)
+    manifest = _finish(out, split, src, config, class_list, records, skipped, len(inputs) + len(scan.skipped))
+    _print_summary(split, out, progress, records, skipped, manifest.get("converted"))
     return 0
 
 
@@ -270,8 +274,8 @@ def _write_shard_once_for_storage_errors(out: str, split: str, shard_index: int,
 
 
 def _finish(out: str, split: str, src: str, config: dict, class_list: list[tuple[str, str]],
-            records: list[dict], skipped: list[dict], found: int) -> None:
-    """Index, stats (train), then the manifest: the manifest's presence marks the split finished."""
+            records: list[dict], skipped: list[dict], found: int) -> dict:
+    """Index, stats (train), then the manifest (returned): the manifest's presence marks the split finished."""
     write_index(out, split, [record["rows"] for record in records])
     if split == TRAIN:
         moments = empty_moments()
@@ -289,15 +293,25 @@ def _finish(out: str, split: str, src: str, config: dict, class_list: list[tuple
         "total_samples": sum(r["samples"] for r in records), "inputs_found": found,
         "skipped": skipped, "config": config,
     }
+    if all("converted" in r for r in records):  # records kept from an older version's run did not count
+        converted: dict[str, int] = {}
+        for record in records:
+            for mode, count in record["converted"].items():
+                converted[mode] = converted.get(mode, 0) + count
+        manifest["converted"] = dict(sorted(converted.items()))  # {input colour mode: inputs stored as RGB}
     write_manifest(out, split, manifest)
     clear_progress(out, split)
+    return manifest
 
 
-def _print_summary(split: str, out: str, progress: Progress, records: list[dict], skipped: list[dict]) -> None:
+def _print_summary(split: str, out: str, progress: Progress, records: list[dict], skipped: list[dict],
+                   converted: dict[str, int] | None) -> None:
     """Counts and rate as the progress bar's last line gave them (the same clock, the same inputs)."""
     written = sum(r["samples"] for r in records)
     print(f"{split}: {plural(written, 'sample')} written in {plural(len(records), 'shard')} -> {out}; "
           f"{plural(len(skipped), 'entry', 'entries')} skipped ({progress.rate_text()})")
+    if converted:
+        print(f"  {converted_text(converted)}")
     for entry in skipped[:20]:
         print(f"  skipped {entry['path']}: {entry['reason']}", file=sys.stderr)
     if len(skipped) > 20:

@@ -8,19 +8,24 @@ Validation labels (`--labels`), as {file name or stem: synset}:
   the ID -> synset table as text lines `ID synset` (e.g. `1 n02119789`).
 Class lists (`--classes`): `index<TAB>synset<TAB>name` (like imagenet-classes.tsv) or `synset name words`
 lines (LOC_synset_mapping.txt, synset_words.txt).
+Class names otherwise come from WordNet: ilsvrc2012_synsets.tsv, shipped beside this module with
+WORDNET-LICENSE.txt, names the 1000 ILSVRC-2012 synsets (DESIGN.md, "Class indices").
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
+from importlib.resources import files
 
 from pipeline import storage
 from pipeline.errors import UserError
 
 WORDNET_ID = re.compile(r"n\d{8}")  # ImageNet's synsets: n01440764 ...
 SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+SYNSET_TABLE = "ilsvrc2012_synsets.tsv"  # synset<TAB>name<TAB>WordNet lemmas, with a header line
 _HEADER_WORDS = {"file", "filename", "file_name", "image", "imageid", "image_id", "path", "name"}
 
 
@@ -118,6 +123,22 @@ def read_class_list(path: str) -> list[tuple[str, str]]:
     if len(set(synsets)) != len(synsets):
         raise UserError(f"class list {path} names a synset twice")
     return classes
+
+
+@functools.cache
+def wordnet_names() -> dict[str, str]:
+    """{synset: name} for the 1000 ILSVRC-2012 synsets, the name being WordNet's first lemma (e.g.
+    n01440764: tench), so a dataset sharded from class folders prints names without a --classes file."""
+    table = files("pipeline.shard").joinpath(SYNSET_TABLE).read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in table.splitlines()[1:] if line]
+    return {synset: name for synset, name, _ in rows}
+
+
+def with_names(classes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The class list with WordNet's name for every known synset that has no name of its own: a name from
+    --classes wins; a synset WordNet's ILSVRC-2012 table lacks (a user's own class) keeps ""."""
+    names = wordnet_names()
+    return [(synset, name or names.get(synset, "")) for synset, name in classes]
 
 
 def check_class_names(synsets: list[str], empty: list[str]) -> list[str]:

@@ -3,9 +3,10 @@
 A shard's bytes are a pure function of its inputs and the image settings: members in a fixed order,
 every tar header field fixed (mtime 0, uid/gid 0, no user names, mode 0644), JSON with sorted keys.
 After a shard lands (written under a temporary name, then renamed or uploaded whole), its task writes
-a small record `.progress/<split>/<shard>.json` (size, sha256, index rows, skipped inputs, pixel
-moments). A rerun trusts a shard only when the record exists and the shard's size and sha256 match it,
-so a run killed at any point is completed by rerunning it, with the same bytes.
+a small record `.progress/<split>/<shard>.json` (size, sha256, index rows, skipped inputs, inputs
+converted to RGB per colour mode, pixel moments). A rerun trusts a shard only when the record exists
+and the shard's size and sha256 match it, so a run killed at any point is completed by rerunning it,
+with the same bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.shard.images import BadImage, decode_stored, process_image
+from pipeline.shard.images import BadImage, decode_stored, process_input
 from pipeline.shard.sources import Input, read_source
 from pipeline.shard.tar_writer import ShardTarWriter
 from pipeline.shard.stats import PixelMoments, empty_moments
@@ -68,7 +69,7 @@ def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Inpu
     existing = valid_record(out, split, name)
     if existing is not None:
         return {**existing, "kept": True}
-    rows, skipped, moments = [], [], PixelMoments()
+    rows, skipped, moments, converted = [], [], PixelMoments(), {}
     stored = np.empty(size * size * 3, dtype=np.uint8)  # each stored image is decoded here for the statistics
     folder = None if storage.is_url(out) else os.path.abspath(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
@@ -78,10 +79,12 @@ def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Inpu
             tar = ShardTarWriter(raw)
             for item, label in samples:
                 try:
-                    jpeg, width, height = process_image(read_source(item.source), size, quality, chroma)
+                    jpeg, width, height, mode = process_input(read_source(item.source), size, quality, chroma)
                 except BadImage as error:
                     skipped.append({"path": item.path, "reason": str(error)})
                     continue
+                if mode != "RGB":  # grayscale, CMYK, palette, alpha ...: stored as RGB, counted per mode
+                    converted[mode] = converted.get(mode, 0) + 1
                 meta = {"synset": item.synset, "source": item.path, "width": width, "height": height,
                         "split": split}
                 tar.add(f"{item.key}.jpg", jpeg)
@@ -93,7 +96,8 @@ def write_shard(out: str, split: str, shard_index: int, samples: list[tuple[Inpu
                     moments.add(decode_stored(jpeg, stored))
             tar.close()
         record = {"name": name, "samples": len(rows), "bytes": tar.offset, "sha256": tar.sha256,
-                  "rows": rows, "skipped": skipped, "moments": moments.record() if with_stats else empty_moments()}
+                  "rows": rows, "skipped": skipped, "moments": moments.record() if with_stats else empty_moments(),
+                  "converted": converted}
         storage.upload_file_atomic(tmp, location)
     finally:
         if os.path.exists(tmp):

@@ -16,6 +16,26 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
+# Pillow's colour modes in words; a mode not listed is said by its name
+_MODE_WORDS = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "I;16": "16-bit grayscale",
+               "I;16B": "16-bit grayscale", "I;16L": "16-bit grayscale", "I": "32-bit grayscale",
+               "F": "float grayscale", "P": "palette", "PA": "palette+alpha", "CMYK": "CMYK", "RGBA": "RGBA"}
+
+
+def converted_text(converted: dict[str, int]) -> str:
+    """'37 grayscale and 2 CMYK inputs converted to RGB' from a manifest's {mode: count}: the manifest
+    keeps Pillow's exact mode names for programs, people read words (the shard summary and inspect)."""
+    counts: dict[str, int] = {}
+    for mode, count in converted.items():
+        words = _MODE_WORDS.get(mode, mode)
+        counts[words] = counts.get(words, 0) + count
+    parts = [f"{count} {words}" for words, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    if not parts:
+        return "no input converted to RGB (all were RGB)"
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"{listed} input{'' if sum(counts.values()) == 1 else 's'} converted to RGB"
+
+
 def rate_text(rate: float) -> str:
     """Three significant figures below 100 (a small job's 1.05 inputs/s), whole numbers above."""
     return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
