@@ -110,3 +110,13 @@ def test_synset_folders_get_wordnet_names_and_converted_inputs_are_counted(tmp_p
     assert [c["name"] for c in read_manifest(str(tmp_path / "named"), "train")["classes"]] == [
         "my own class", "Tinca tinca", "parachute"]
 
+
+
+def test_a_class_list_without_names_is_named_for_display():
+    """Data sharded before classes were named, and checkpoints trained on it, still print names."""
+    from pipeline.shard.labels import named_classes
+
+    stored = [{"index": 0, "synset": "n01440764", "name": ""}, {"index": 1, "synset": "n99999999", "name": ""},
+              {"index": 2, "synset": "n03888257", "name": "my parachutes"}]
+    assert [c["name"] for c in named_classes(stored)] == ["tench", "", "my parachutes"]
+    assert [c["index"] for c in named_classes(stored)] == [0, 1, 2] and stored[0]["name"] == ""  # a copy

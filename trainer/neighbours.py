@@ -34,6 +34,7 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
     """The whole job (module docstring); everything it writes goes under `out` (default RUN/neighbours)."""
     from pipeline.shard.manifest import read_manifest
     from trainer import checkpoint as ckpt
+    from pipeline.shard.labels import named_classes
     from trainer.evaluate import check_classes
     from trainer.use.figure4 import draw_figure4
 
@@ -49,7 +50,7 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
     folder = storage.join(out, "features-" + ckpt.weights_digest(state["model"])[:DIGEST_CHARS])
     chosen = choose_queries(data, queries, keys or [], seed)  # before any task: a bad --key fails at once
     records = compute_features(data, train, network, folder, address=address, batch_size=batch_size)
-    found, images, vectors = find_neighbours(data, chosen, network, state["classes"], folder, train)
+    found, images, vectors = find_neighbours(data, chosen, network, named_classes(state["classes"]), folder, train)
     png = io.BytesIO()
     figure = draw_figure4(found, images, png, title=f"The paper's Figure 4 from {checkpoint} (after epoch "
                                                     f"{state['epoch']}, {train['total_samples']} training images)")

@@ -21,6 +21,7 @@ import torch
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.shard.labels import named_classes
 
 TOP = 5
 
@@ -72,7 +73,7 @@ class Predictor:
 
         self.model, state = load_model(checkpoint, devices)
         self.device = self.model.devices[0]
-        self.classes = state["classes"]
+        self.classes = named_classes(state["classes"])
         self.stats = state["stats"]
         self.rule = StoredImageRule.of_run(state)
         self.transform = BatchTransform(state["stats"], pca_std=0.0)

@@ -141,6 +141,14 @@ def with_names(classes: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(synset, name or names.get(synset, "")) for synset, name in classes]
 
 
+def named_classes(classes: list[dict]) -> list[dict]:
+    """A manifest's or checkpoint's class list with WordNet's name filled in where a known synset has
+    none: data sharded before the sharder named classes, and the checkpoints trained on it, still print
+    names."""
+    filled = with_names([(c["synset"], c.get("name", "")) for c in classes])
+    return [{**c, "name": name} for c, (_, name) in zip(classes, filled)]
+
+
 def check_class_names(synsets: list[str], empty: list[str]) -> list[str]:
     """Warnings about class names taken from the input (no --classes); UserError when they are split
     names, i.e. the folder given holds train/ and val/ rather than class folders."""
