@@ -55,7 +55,8 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="DATA/train/<synset>/ and DATA/val/<synset>/ photographs")
     parser.add_argument("--out", required=True, help="folder for shards, runs, results (kept between sittings)")
     parser.add_argument("--config", default="imagenette", help="recipe name or file (default imagenette)")
-    parser.add_argument("--width", type=float, default=1.0, help="model width (default 1: the paper's)")
+    parser.add_argument("--width", type=float, nargs="+", default=[1.0],
+                        help="model width(s), one run per width and seed (default 1: the paper's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="more config keys for every run (machine settings such as precision=bf16)")
@@ -74,16 +75,20 @@ def main() -> int:
     for split in ("train", "val"):
         ledger.step(f"shard {split}", ["shard", str(Path(args.data, split)), str(shards), "--split", split])
     results = []
-    for seed in args.seeds:
-        name = f"width{args.width:g}-seed{seed}"
+    for width, seed in [(w, s) for w in args.width for s in args.seeds]:
+        name = f"width{width:g}-seed{seed}"
         run = out / "runs" / name
         if not args.skip_train:
-            settings = [f"width={args.width}", f"seed={seed}", f"cpus_per_worker={args.cpus}", *args.set]
+            settings = [f"width={width}", f"seed={seed}", f"cpus_per_worker={args.cpus}", *args.set]
             before = len(_epochs(run))
             ledger.step(f"train {name}", ["train", "--config", args.config, "--data", str(shards), "--storage",
                                           str(out / "runs"), "--name", name, *[a for s in settings for a in ("--set", s)]])
             ledger.add(f"train {name}", "epochs", len(_epochs(run)) - before)  # what this sitting's seconds bought
-        results.append(report_run(run, shards, Path(args.data), out, ledger, dict(w.split("=", 1) for w in args.why)))
+        why = dict(w.split("=", 1) for w in args.why)
+        if _finished(run):
+            results.append(report_run(run, shards, Path(args.data), out, ledger, why))
+        elif _epochs(run):  # still training (--skip-train): what its epochs say so far, nothing evaluated
+            results.append(progress_of(run, ledger, why))
     summary = {"cpu": cpu_model(), "commit": _commit(), "data": str(Path(args.data).resolve()),
                "config": args.config, "runs": results, "fastai": FASTAI}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -94,7 +99,7 @@ def main() -> int:
         replace_between_markers(Path(file), table)
         print(f"updated {file}")
     if args.figures:
-        copy_figures(results[0], Path(args.figures))
+        copy_figures(next(r for r in results if "figures" in r), Path(args.figures))
     return 0
 
 
@@ -144,13 +149,52 @@ def _epochs(run: Path) -> list[dict]:
     return [r for r in map(json.loads, filter(str.strip, lines)) if r["kind"] == "epoch"]
 
 
-def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, why: dict) -> dict:
-    """Evaluate one run's best checkpoint, ask it about photographs, draw its figures; its numbers."""
+def _finished(run: Path) -> bool:
+    metrics = run / "metrics.jsonl"
+    return metrics.is_file() and '"kind": "end"' in metrics.read_text()
+
+
+def progress_of(run: Path, ledger: Ledger, why: dict) -> dict:
+    """A run still training: its epochs so far, no evaluation (a full-width ten-crop pass is not cheap)."""
+    return {**_from_records(run, ledger, why), "finished": False}
+
+
+def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
+    """What the run folder's own records say: epochs, schedule, losses, speed, departures."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     epochs = _epochs(run)
     steps = [r for r in records if r["kind"] == "step"]
     ends = [r for r in records if r["kind"] == "end"]
     config = json.loads((run / "config.json").read_text())
+    train_steps = ledger.steps.get(f"train {run.name}", {})
+    from trainer.config import read_config_file
+
+    paper = read_config_file("imagenet")
+    departures = {k: {"value": config[k], "paper": paper.get(k), "why": why.get(k, "")}
+                  for k in sorted(config) if k not in MACHINE_KEYS and k in paper and config[k] != paper[k]}
+    best = min(epochs, key=lambda r: r["val_top1_error"])
+    return {
+        "run": str(run), "width": config["width"], "seed": config["seed"], "precision": config["precision"],
+        "departures": departures, "finished": bool(ends), "end_reason": ends[-1]["reason"] if ends else None,
+        "epochs_run": len(epochs), "best_epoch": best["epoch"],
+        "best_epoch_centre_top1_error": best["val_top1_error"], "best_epoch_centre_top5_error": best["val_top5_error"],
+        "lr_reduced_after_epochs": [r["epoch"] for r in epochs if r["decision"] == "reduce"],
+        "train_loss_end": epochs[-1]["train_loss"], "val_loss_end": epochs[-1]["val_loss"],
+        "val_top1_error_per_epoch": [r["val_top1_error"] for r in epochs],
+        "train_top1_error_per_epoch": [r["train_top1_error"] for r in epochs],
+        "training_seconds": sum(r["seconds"] for r in epochs),
+        "train_wall_s": train_steps.get("wall_s"), "train_sittings": train_steps.get("sittings"),
+        # CPU seconds of the sittings this script metered, and the epochs those sittings trained
+        "train_cpu_s": train_steps.get("cpu_s") if train_steps.get("cpu_metered") else None,
+        "train_cpu_epochs": train_steps.get("epochs", 0),
+        "images_per_s": statistics.median(r["images_per_s"] for r in steps) if steps else None,
+        "data_wait": statistics.mean(r.get("data_wait", 0.0) for r in steps) if steps else None,
+    }
+
+
+def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, why: dict) -> dict:
+    """A finished run: its best checkpoint evaluated (centre and ten crops), asked about one validation
+    photograph per class, its figures drawn; with what its records say."""
     centre = json.loads(ledger.step(f"eval {run.name}", ["eval", "--checkpoint", str(run), "--data", str(shards),
                                                          "--json"], capture=True))
     ten = json.loads(ledger.step(f"eval ten-crop {run.name}", ["eval", "--checkpoint", str(run), "--data",
@@ -164,29 +208,10 @@ def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, w
     plot_text = ledger.step(f"plot {run.name}", ["plot", str(run)], capture=True)
     print(plot_text, end="")
     figure3 = json.loads((run / "plots" / "figure3.json").read_text())["towers"]
-    train_steps = ledger.steps.get(f"train {run.name}", {})
-    from trainer.config import read_config_file
-
-    paper = read_config_file("imagenet")
-    departures = {k: {"value": config[k], "paper": paper.get(k), "why": why.get(k, "")}
-                  for k in sorted(config) if k not in MACHINE_KEYS and k in paper and config[k] != paper[k]}
     return {
-        "run": str(run), "width": config["width"], "seed": config["seed"], "precision": config["precision"],
-        "departures": departures, "finished": bool(ends), "end_reason": ends[-1]["reason"] if ends else None,
-        "epochs_run": len(epochs), "best_epoch": min(epochs, key=lambda r: r["val_top1_error"])["epoch"],
-        "lr_reduced_after_epochs": [r["epoch"] for r in epochs if r["decision"] == "reduce"],
+        **_from_records(run, ledger, why),
         "centre_crop": {k: centre[k] for k in ("top1_error", "top5_error", "samples", "checkpoint") if k in centre},
         "ten_crop": {k: ten[k] for k in ("top1_error", "top5_error", "samples") if k in ten},
-        "train_loss_end": epochs[-1]["train_loss"], "val_loss_end": epochs[-1]["val_loss"],
-        "val_top1_error_per_epoch": [r["val_top1_error"] for r in epochs],
-        "train_top1_error_per_epoch": [r["train_top1_error"] for r in epochs],
-        "training_seconds": sum(r["seconds"] for r in epochs),
-        "train_wall_s": train_steps.get("wall_s"), "train_sittings": train_steps.get("sittings"),
-        # CPU seconds of the sittings this script metered, and the epochs those sittings trained
-        "train_cpu_s": train_steps.get("cpu_s") if train_steps.get("cpu_metered") else None,
-        "train_cpu_epochs": train_steps.get("epochs", 0),
-        "images_per_s": statistics.median(r["images_per_s"] for r in steps) if steps else None,
-        "data_wait": statistics.mean(r.get("data_wait", 0.0) for r in steps) if steps else None,
         "predict": [{"photo": str(Path(p).relative_to(data)), "true": Path(p).parent.name,
                      "top1": result["top5"][0]["synset"], "top1_name": result["top5"][0]["name"],
                      "probability": result["top5"][0]["probability"]} for p, result in zip(photos, predicted["predictions"])],
@@ -200,20 +225,29 @@ def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, w
 
 
 def markdown(summary: dict) -> str:
-    """One column per run; the fastai figures below for scale."""
+    """One column per run (a run still training shows its epochs so far); the fastai figures for scale."""
     runs = summary["runs"]
     head = "| | " + " | ".join(f"width {r['width']:g}, seed {r['seed']}" for r in runs) + " |"
     rows = [head, "|---|" + "---|" * len(runs)]
 
     def row(label: str, cell) -> None:
-        rows.append(f"| {label} | " + " | ".join(cell(r) for r in runs) + " |")
+        rows.append(f"| {label} | " + " | ".join(cell(r) if r["finished"] or "predict" in r or label in ALWAYS
+                                                  else "-" for r in runs) + " |")
 
-    row("top-1 error, centre crop", lambda r: f"**{r['centre_crop']['top1_error']:.1%}**")
+    def centre_top1(r: dict) -> str:
+        if "centre_crop" in r:
+            return f"**{r['centre_crop']['top1_error']:.1%}**"
+        return f"{r['best_epoch_centre_top1_error']:.1%} (best epoch so far)"
+
+    ALWAYS = {"top-1 error, centre crop", "best epoch / epochs run", "lr divided by 10 after epochs",
+              "train / val loss at the end", "training wall-clock (epochs' own time)", "training CPU-seconds",
+              "images/s (median) / data wait", "departures from the paper's recipe"}
+    row("top-1 error, centre crop", centre_top1)
     row("top-1 error, ten crops", lambda r: f"**{r['ten_crop']['top1_error']:.1%}**")
     row("top-5 error, centre / ten crops", lambda r: f"{r['centre_crop']['top5_error']:.1%} / "
         f"{r['ten_crop']['top5_error']:.1%}")
     row("best epoch / epochs run", lambda r: f"{r['best_epoch']} / {r['epochs_run']}"
-        + ("" if r["finished"] else " (still running)"))
+        + ("" if r["finished"] else " (still training)"))
     row("lr divided by 10 after epochs", lambda r: ", ".join(map(str, r["lr_reduced_after_epochs"])) or "none yet")
     row("train / val loss at the end", lambda r: f"{r['train_loss_end']:.3f} / {r['val_loss_end']:.3f}")
     row("training wall-clock (epochs' own time)", lambda r: f"{r['training_seconds'] / 3600:.2f} h")
@@ -229,16 +263,19 @@ def markdown(summary: dict) -> str:
     row("departures from the paper's recipe", lambda r: "; ".join(
         f"{k} {d['value']} (paper {d['paper']}){': ' + d['why'] if d['why'] else ''}"
         for k, d in r["departures"].items()) or "none")
-    val = runs[0]["centre_crop"].get("samples", "")
+    evaluated = [r for r in runs if "centre_crop" in r]
+    val = evaluated[0]["centre_crop"].get("samples", "") if evaluated else "the"
     lines = ["\n".join(rows), "",
              f"{val} validation photographs; `python benchmarks/bench_imagenette.py --data DATA --out OUT "
              f"--width W --seeds S` (recipe `{summary['config']}`), on {summary['cpu']}, commit "
              f"{summary['commit']}. Random kernels score 0.67 colour specificity.", "",
              "For scale, fastai's Imagenette leaderboard (another network, centre crop, top-1 accuracy): "
              + "; ".join(f"{name} {accuracy:.1%}" for name, accuracy in summary["fastai"]) + "."]
-    example = runs[0]["predict_example"]
-    lines += ["", "What `alexnet predict` printed for three validation photographs (the first run's best checkpoint):",
-              "", "```", f"$ {example['command']}", example["printed"].rstrip(), "```"]
+    if evaluated:
+        example = evaluated[0]["predict_example"]
+        lines += ["", "What `alexnet predict` printed for three validation photographs (the best checkpoint of "
+                  f"width {evaluated[0]['width']:g}, seed {evaluated[0]['seed']}):",
+                  "", "```", f"$ {example['command']}", example["printed"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
