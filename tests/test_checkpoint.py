@@ -13,6 +13,7 @@ import torch
 from pipeline import storage
 from pipeline.errors import UserError
 from trainer import checkpoint as ckpt
+from trainer import resume
 from trainer.config import TrainConfig
 from trainer.optim import PaperSGD
 from trainer.report import MetricsLog, TensorBoardLog, plot_run, read_metrics
@@ -187,3 +188,25 @@ def test_a_killed_savers_staging_folder_goes_at_the_next_save(tmp_path, monkeypa
     finally:
         saver.kill()
         saver.wait()
+
+
+def test_a_worker_falls_back_to_the_newest_readable_checkpoint(tmp_path):
+    """Ray Train's latest cannot be read, nor the one before it: the worker takes the newest of the
+    readable ones (a redone checkpoint's `-2` is newer than its first), not the oldest."""
+    def write(name: str, readable: bool = True) -> None:
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / ckpt.FILE_NAME
+        if readable:
+            torch.save({"format": ckpt.FORMAT, "name": name}, path)
+        else:
+            path.write_bytes(b"cut off")
+
+    for name in ("checkpoint-00000002", "checkpoint-00000004", "checkpoint-00000004-2"):
+        write(name)
+    write("checkpoint-00000006", readable=False)
+    write("checkpoint-00000008", readable=False)
+    lines = []
+    state, skipped = resume.load_newest_readable("checkpoint-00000008", str(tmp_path), log=lines.append)
+    assert state["name"] == "checkpoint-00000004-2"
+    assert skipped == ["checkpoint-00000008", "checkpoint-00000006"]
+    assert lines[-1] == "resuming from the older checkpoint checkpoint-00000004-2"

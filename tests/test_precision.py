@@ -87,6 +87,18 @@ def test_bf16_trains_close_to_fp32_and_resumes_bitwise(batches):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model_b.state_dict().values()))
 
 
+@pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                         ("fp16", torch.float16)])
+def test_autocast_computes_in_the_format_it_is_named_for(batches, name, dtype):
+    """bf16 and fp16 train close to fp32, so the loss curves alone cannot tell one from the other: the
+    logits (fc8, a matmul under autocast) are in the named format."""
+    model, _, precision = fresh(name)
+    with torch.no_grad(), precision.autocast():
+        logits = model(batches[0][0][:2])
+        product = torch.ones(2, 3) @ torch.ones(3, 4)
+    assert logits.dtype == product.dtype == dtype
+
+
 def test_fp16_scaler_skips_overflowing_steps_and_its_state_is_checkpointed(batches):
     model, optimizer, fp16 = fresh("fp16")
     assert fp16.scaler.is_enabled() and "gradient scaler" in fp16.describe()

@@ -15,6 +15,7 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.failures import user_error_in
+from trainer.precision import train_step
 from trainer.state import CheckpointMismatch, RunState
 
 CPU = (torch.device("cpu"), torch.device("cpu"))
@@ -150,3 +151,21 @@ def test_a_resume_mid_warmup_continues_the_ramp(small_dataset):
     fresh.restore(torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True), "mid-warmup")
     fresh.set_step_lr(len(fresh.loader))
     assert [g["lr"] for g in fresh.optimizer.param_groups] == [g["lr"] for g in run.optimizer.param_groups]
+
+
+def test_an_fp16_run_restores_its_gradient_scaler(small_dataset):
+    """Every other test here runs in fp32, whose scaler state is empty: an fp16 scaler saved and not
+    restored would pass them all."""
+    run = RunState(config(small_dataset, precision="fp16"), 0, 1, CPU)
+    run.loader.set_epoch(0)
+    for images, labels in run.loader:
+        train_step(run.model, run.optimizer, run.precision, images.float() - 120.0, labels)
+        if run.loader.batches == 2:
+            break
+    run.precision.scaler.update(2.0**11)  # as after a few overflows: not the fresh scaler's 2**16
+    saved, _ = run.checkpoint(finished=False)
+    assert saved["scaler"]["scale"] == 2.0**11
+    fresh = RunState(config(small_dataset, precision="fp16"), 0, 1, CPU)
+    fresh.restore(torch.load(io.BytesIO(ckpt.to_bytes(saved)), weights_only=True), "fp16")
+    assert fresh.precision.scaler.get_scale() == 2.0**11
+    assert fresh.precision.state_dict() == run.precision.state_dict()  # growth tracker and all
