@@ -226,7 +226,7 @@ def loader_side(samples: int, work: Path, world: int) -> dict:
 def trainer_side(samples: int, work: Path) -> dict:
     from pipeline.shard.inspect import inspect_dataset
     from pipeline.shard.manifest import read_manifest
-    from trainer import launch, preflight
+    from trainer.driver import launch, preflight
     from trainer.config import TrainConfig
 
     data = str(work / f"data-{samples}")

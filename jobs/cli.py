@@ -59,7 +59,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from trainer.summary import print_summary
+    from trainer.use.summary import print_summary
 
     if not 223 <= args.input <= 227:
         raise UserError(f"--input {args.input}: AlexNet takes square inputs of 223 to 227 pixels "
@@ -71,7 +71,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from trainer.config import resolve_config
-    from trainer.launch import train
+    from trainer.driver.launch import train
 
     config = resolve_config(args.config, args.set, data=args.data, name=args.name, storage=args.storage,
                             workers=args.workers, gpus_per_worker=args.gpus_per_worker,
@@ -81,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _checkpoint_exists(location: str) -> None:
     """Before the command imports torch (~3 s): a mistyped checkpoint path fails at once."""
-    from trainer.checkpoint_location import resolve_location
+    from trainer.checkpoint.checkpoint_location import resolve_location
 
     resolve_location(location)
 
@@ -102,25 +102,25 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- the trained network in use (trainer/predict.py, trainer/export.py, trainer/neighbours.py) ---
+# --- the trained network in use (trainer/use/predict.py, trainer/use/export.py, trainer/use/neighbours.py) ---
 
 def _predict(args: argparse.Namespace) -> int:
     _checkpoint_exists(args.checkpoint)
-    from trainer.predict import predict
+    from trainer.use.predict import predict
 
     return predict(args.checkpoint, args.inputs, ten_crop=args.ten_crop, as_json=args.json)
 
 
 def _export(args: argparse.Namespace) -> int:
     _checkpoint_exists(args.checkpoint)
-    from trainer.export import export
+    from trainer.use.export import export
 
     return export(args.checkpoint, args.out)
 
 
 def _neighbours(args: argparse.Namespace) -> int:
     _checkpoint_exists(args.checkpoint)
-    from trainer.neighbours import neighbours
+    from trainer.use.neighbours import neighbours
 
     return neighbours(args.checkpoint, args.data, out=args.out, queries=args.queries, keys=args.key,
                       seed=args.seed, address=args.address, batch_size=args.batch_size)

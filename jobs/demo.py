@@ -47,8 +47,8 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
     from pipeline.ray_instance import own_ray
     from pipeline.shard.job import shard_split
     from trainer.evaluate import evaluate_checkpoint
-    from trainer.launch import train
-    from trainer.neighbours import neighbours
+    from trainer.driver.launch import train
+    from trainer.use.neighbours import neighbours
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""trainer/autoscaler.py tells a running autoscaler from the read-only monitor every head runs, in the records
+"""trainer/driver/autoscaler.py tells a running autoscaler from the read-only monitor every head runs, in the records
 Ray itself writes (built here with Ray's own classes: the v1 monitor's AutoscalerSummary as it serialises it,
 the v2 GetClusterStatusReply). The live v1 path runs in tests/test_autoscaling.py (a real autoscaler) and
 test_train.py (a head without one)."""
@@ -13,7 +13,7 @@ from ray.autoscaler._private.autoscaler import AutoscalerSummary
 from ray.autoscaler._private.util import format_readonly_node_type
 from ray.core.generated import autoscaler_pb2
 
-from trainer.autoscaler import STALE_SECONDS, from_v1_status, from_v2_status
+from trainer.driver.autoscaler import STALE_SECONDS, from_v1_status, from_v2_status
 
 NODE = "f226ab2be49ab21f1159854bf908acf4cce26a6f90cfce83ddc84c75"
 

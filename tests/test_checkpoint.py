@@ -12,11 +12,12 @@ import torch
 
 from pipeline import storage
 from pipeline.errors import UserError
-from trainer import checkpoint as ckpt
-from trainer import resume
+from trainer.checkpoint import format as ckpt
+from trainer.checkpoint import resume
 from trainer.config import TrainConfig
 from trainer.optim import PaperSGD
 from trainer.report import MetricsLog, TensorBoardLog, plot_run, read_metrics
+from trainer.rng import capture_rng, restore_rng
 from trainer.schedule import PlateauSchedule
 
 
@@ -28,11 +29,11 @@ def test_rng_states_round_trip():
     generator = torch.Generator().manual_seed(7)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    state = ckpt.capture_rng(generator)
+    state = capture_rng(generator)
     expected = draws(generator)
     draws(generator)  # move every stream on
     restored = torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True)
-    ckpt.restore_rng(restored, generator)
+    restore_rng(restored, generator)
     assert draws(generator) == expected
 
 
@@ -43,7 +44,7 @@ def small_state():
     opt.step()
     return ckpt.build(model=ckpt.cpu_state_dict(model), optimizer=ckpt.optimizer_state_cpu(opt),
                       schedule=PlateauSchedule(0.1).state_dict(), epoch=1, step=10, epoch_step=3,
-                      loader=[{"epoch": 1, "batches": 3, "seed": 0}], rng=[ckpt.capture_rng(None)],
+                      loader=[{"epoch": 1, "batches": 3, "seed": 0}], rng=[capture_rng(None)],
                       train_totals=[torch.zeros(3, dtype=torch.float64)], config=TrainConfig().to_dict(),
                       history=[{"epoch": 0, "val_top1_error": 0.5}], finished=False, num_classes=3,
                       classes=[{"index": i, "synset": f"n{i}", "name": str(i)} for i in range(3)],
@@ -86,7 +87,7 @@ def test_bad_checkpoints_are_named(tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_the_drivers_check_tells_a_cut_off_checkpoint_without_reading_its_tensors(where, tmp_path, request):
-    """What `alexnet train` checks before resuming (trainer/resume.py): the archive's directory and index."""
+    """What `alexnet train` checks before resuming (trainer/checkpoint/resume.py): the archive's directory and index."""
     import zipfile
 
     state = {"format": ckpt.FORMAT, "model": {"w": torch.randn(64, 1024)}, "step": 7}

@@ -18,8 +18,7 @@ from pipeline.loader.deals import Deal, close
 from pipeline.loader.plan import deal_size, rank_batch_positions, worker_plan
 from trainer.config import resolve_config
 from trainer.optim import PaperSGD
-from trainer.schedule import PlateauSchedule, warmup_factor
-from trainer.state import lr_after_resize, set_step_lr
+from trainer.schedule import PlateauSchedule, lr_after_resize, set_step_lr, warmup_factor
 
 
 def train_deal(shards, deals, world, workers, batch, trained_batches, seed=4, epoch=1, window=7):

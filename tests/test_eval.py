@@ -15,7 +15,7 @@ import torch
 from conftest import run_cli
 from pipeline.shard.manifest import read_manifest
 from pipeline.shard.stats import read_stats
-from trainer import checkpoint as ckpt
+from trainer.checkpoint import format as ckpt
 from trainer.config import TrainConfig
 from trainer.model import AlexNet
 from trainer.optim import PaperSGD

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import alexnet_cmd, drivers_of, run_cli
 from trainer.config import FIELDS
-from trainer.progress import ConsoleProgress
+from trainer.driver.progress import ConsoleProgress
 from trainer.report import MetricsLog
 
 

@@ -57,7 +57,7 @@ def test_ray_workers_on_the_session_head_import_this_checkout(ray_head, tmp_path
     ray.init(address=ray_head, logging_level="ERROR")
     try:
         task = ray.remote(num_cpus=0)(module_files)
-        # a Ray Train worker is an actor with the run's env_vars in its runtime_env (trainer/launch.py)
+        # a Ray Train worker is an actor with the run's env_vars in its runtime_env (trainer/driver/launch.py)
         actor = ray.remote(num_cpus=0)(_Where).options(runtime_env={"env_vars": {"ALEXNET_HARNESS": "1"}}).remote()
         in_task, in_actor = ray.get([task.remote(), actor.files.remote()], timeout=120)
     finally:

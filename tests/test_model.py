@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 from conftest import run_cli
 from photos import sample_files
 from trainer.model import AlexNet, GroupedAlexNet, PaperLRN
-from trainer.summary import format_summary, model_summary
+from trainer.use.summary import format_summary, model_summary
 
 # REFERENCE.md "Shapes and counts": both towers together, 1000 classes.
 PAPER_PARAMS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,

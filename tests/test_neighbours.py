@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import alexnet_cmd, run_cli
 from pipeline.shard.manifest import read_manifest
-from trainer import checkpoint as ckpt
-from trainer.features import read_features, shard_features
+from trainer.checkpoint import format as ckpt
+from trainer.use.features import read_features, shard_features
 
 
 @pytest.mark.slow

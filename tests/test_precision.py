@@ -17,10 +17,11 @@ from PIL import Image
 
 from photos import sample_files
 from pipeline.errors import UserError
-from trainer import checkpoint as ckpt
+from trainer.checkpoint import format as ckpt
 from trainer.model import AlexNet
 from trainer.optim import PaperSGD, param_groups
-from trainer.precision import Precision, compile_model, plan_text, resolve_precision, train_step
+from trainer.precision import Precision, compile_model, plan_text, resolve_precision
+from trainer.step import train_step
 
 CLASSES, BATCH, WIDTH = 4, 8, 0.125
 

@@ -20,7 +20,7 @@ from pipeline.loader.augment import BatchTransform
 from pipeline.loader.loaders import EvalLoader
 from pipeline.shard.manifest import read_manifest
 from trainer.evaluate import crop_logits, crop_probabilities, eval_crops, load_model
-from trainer.predict import Predictor
+from trainer.use.predict import Predictor
 
 
 def val_sources(dataset: str) -> list[tuple[str, str, int]]:

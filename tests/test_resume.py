@@ -15,7 +15,7 @@ import pytest
 
 from conftest import resize_disk, run_cli, train_args
 from test_train import checkpoint_names
-from trainer import resume
+from trainer.checkpoint import resume
 
 pytestmark = pytest.mark.slow
 

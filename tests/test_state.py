@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import checkpoint as ckpt
+from trainer.checkpoint import format as ckpt
 from trainer.config import TrainConfig
-from trainer.failures import user_error_in
-from trainer.precision import train_step
+from trainer.driver.failures import user_error_in
+from trainer.schedule import set_step_lr
 from trainer.state import CheckpointMismatch, RunState
+from trainer.step import train_step
 
 CPU = (torch.device("cpu"), torch.device("cpu"))
 # what trainer/loop.py's checkpoints held before the run state existed: they must still load unchanged;
@@ -90,7 +91,7 @@ def test_a_checkpoint_the_state_would_not_restore_exactly_is_refused_naming_the_
     run = RunState(config(small_dataset), 0, 1, CPU)
     with pytest.raises(CheckpointMismatch, match=f"checkpoint-00000003: {named}") as refused:
         run.restore(state, "checkpoint-00000003")
-    assert user_error_in(refused.value) is refused.value  # so Ray Train does not retry it (trainer/failures.py)
+    assert user_error_in(refused.value) is refused.value  # so Ray Train does not retry it (trainer/driver/failures.py)
     assert run.step == 0 and run.loader.batches == 0  # refused before anything was restored
 
 
@@ -143,13 +144,13 @@ def test_a_resume_mid_warmup_continues_the_ramp(small_dataset):
     run = RunState(config(small_dataset, warmup_epochs=2.0), 0, 1, CPU)
     train_batches(run, 3)
     batches = len(run.loader)  # 15: 120 samples, batch 8
-    run.set_step_lr(batches)
+    set_step_lr(run.optimizer, run.schedule, run.config, run.epochs_done(batches))
     want = 0.01 * (0.1 + 0.9 * (3 / batches) / 2.0)  # the 4th step of a 2-epoch ramp from 0.1 x 0.01
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12)
     state, _ = run.checkpoint(finished=False)
     fresh = RunState(config(small_dataset, warmup_epochs=2.0), 0, 1, CPU)
     fresh.restore(torch.load(io.BytesIO(ckpt.to_bytes(state)), weights_only=True), "mid-warmup")
-    fresh.set_step_lr(len(fresh.loader))
+    set_step_lr(fresh.optimizer, fresh.schedule, fresh.config, fresh.epochs_done(len(fresh.loader)))
     assert [g["lr"] for g in fresh.optimizer.param_groups] == [g["lr"] for g in run.optimizer.param_groups]
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from conftest import TINY, alexnet_cmd, run_cli, train_args, wait_for_pause
 from pipeline import storage
-from trainer import checkpoint as ckpt
+from trainer.checkpoint import format as ckpt
 
 pytestmark = pytest.mark.slow
 

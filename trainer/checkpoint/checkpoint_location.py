@@ -1,6 +1,6 @@
 """Where a checkpoint file is, from what a user gives (`--checkpoint`, a run folder), without torch:
 `alexnet eval`, `predict`, `export` and `neighbours` resolve it before importing torch (~3 s), so a
-mistyped path fails at once. trainer/checkpoint.py reads and writes the file itself."""
+mistyped path fails at once. trainer/checkpoint/format.py reads and writes the file itself."""
 
 from __future__ import annotations
 

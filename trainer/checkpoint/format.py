@@ -12,6 +12,7 @@ goes in, and how it comes back, is decided in one place, trainer/state.py (RunSt
                     the epoch's closed deals: what a resized run needs to deal only untrained samples)
     audit           one EpochAudit.state_dict() per rank: the epoch's samples trained so far, a bit each
     rng             one dict per rank: python, numpy, torch CPU, CUDA devices, augmentation generator
+                    (trainer/rng.py captures and restores them)
     config          the resolved TrainConfig as a dict
     history         one dict of metrics per finished epoch
     num_classes, classes, stats    what evaluation needs to rebuild the model and its input
@@ -29,51 +30,19 @@ import contextlib
 import hashlib
 import io
 import os
-import random
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline import storage
 from pipeline.errors import UserError
-from trainer.checkpoint_location import BEST_FOLDER, FILE_NAME, resolve_location
+from trainer.checkpoint.checkpoint_location import BEST_FOLDER, FILE_NAME, resolve_location
 
 FORMAT = 1
-
-
-def capture_rng(augment_generator: torch.Generator | None = None) -> dict:
-    """Every RNG state one rank uses, in weights_only-safe types."""
-    version, mt_state, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": [version, list(mt_state), gauss],
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "augment": augment_generator.get_state() if augment_generator is not None else None,
-    }
-    return state
-
-
-def restore_rng(state: dict, augment_generator: torch.Generator | None = None) -> None:
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    np_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
-                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
-    if augment_generator is not None and state["augment"] is not None:
-        augment_generator.set_state(state["augment"])
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict:

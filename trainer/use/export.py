@@ -25,7 +25,7 @@ MAX_BATCH = 4096  # the program's largest batch (torch.export needs a bound for 
 
 def export(checkpoint: str, out: str) -> int:
     """Write the export folder; refuses a folder that already holds one (nothing is overwritten)."""
-    from trainer.predict import Predictor
+    from trainer.use.predict import Predictor
 
     if storage.exists(storage.join(out, PROGRAM)):
         raise UserError(f"{out} already holds an export ({PROGRAM}): choose another folder or delete it")

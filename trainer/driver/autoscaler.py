@@ -1,6 +1,6 @@
 """Is an autoscaler running on this Ray cluster? What Ray 2.60 itself records, read the way `ray status` reads it.
 
-A cluster that publishes no limits (trainer/resources.py) may still autoscale: someone's own `ray up`
+A cluster that publishes no limits (trainer/driver/resources.py) may still autoscale: someone's own `ray up`
 config, a KubeRay cluster without our postStart hook, a hosted service. Ray records its autoscaler's
 state in the GCS whether or not limits are published:
 

@@ -21,7 +21,7 @@ import json
 
 from pipeline import storage
 from pipeline.errors import UserError
-from trainer import checkpoint as ckpt
+from trainer.checkpoint import format as ckpt
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2._internal.constants
 PREFIX = "checkpoint-"

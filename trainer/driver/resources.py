@@ -6,7 +6,7 @@ record, read with `ray._private.state.state.get_cluster_config()`, the source Ra
 group checks; `cluster/limits.py` publishes it for the clusters we define), a request is judged against
 the node types and their max counts: one that can never fit fails at once, one that fits waits for its
 nodes (wait_for_nodes), then starts. A cluster that publishes no limits but runs an autoscaler (one not defined
-here: neither Ray's autoscaler nor KubeRay's publishes them; trainer/autoscaler.py finds it where `ray
+here: neither Ray's autoscaler nor KubeRay's publishes them; trainer/driver/autoscaler.py finds it where `ray
 status` does) is waited on too, saying that without limits "not yet" cannot be told from "never". One
 without an autoscaler keeps the immediate check against what is up, and the error says how to publish
 limits. Every wait ends after `wait_timeout` seconds with one line naming what never came.
@@ -44,7 +44,7 @@ def check(config: TrainConfig) -> str | None:
         return None
     groups = _node_groups()
     if groups is None:
-        from trainer.autoscaler import running_autoscaler
+        from trainer.driver.autoscaler import running_autoscaler
 
         autoscaler = running_autoscaler()
         if autoscaler is None:

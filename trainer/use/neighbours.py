@@ -4,7 +4,7 @@
     alexnet submit -- neighbours s3://b/runs/run1 --data s3://b/in1k --out s3://b/fig4
 
 1. One Ray task per training shard (bounded in flight, retried; spread over the nodes, a GPU each when
-   the cluster has GPUs) writes the shard's fc7 vectors (trainer/features.py). Finished feature files
+   the cluster has GPUs) writes the shard's fc7 vectors (trainer/use/features.py). Finished feature files
    are kept: a killed job, given the same command again, computes only the missing ones.
 2. The driver scores the queries (validation images drawn with --seed, and any --key) and finds each
    one's six nearest training vectors, streaming one feature file at a time.
@@ -32,7 +32,7 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
                batch_size: int = 64) -> int:
     """The whole job (module docstring); everything it writes goes under `out` (default RUN/neighbours)."""
     from pipeline.shard.manifest import read_manifest
-    from trainer import checkpoint as ckpt
+    from trainer.checkpoint import format as ckpt
     from trainer.evaluate import check_classes
     from trainer.report import draw_figure4
 
@@ -65,7 +65,7 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
 
 def default_out(checkpoint: str) -> str:
     """RUN/neighbours, for a checkpoint given as a run folder, a checkpoint folder or its checkpoint.pt."""
-    from trainer import checkpoint as ckpt
+    from trainer.checkpoint import format as ckpt
 
     path = ckpt.resolve_location(checkpoint)  # RUN/checkpoint-N/checkpoint.pt or RUN/best/checkpoint.pt
     if not storage.is_url(path):
@@ -78,7 +78,7 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
     """The feature file of every training shard, computing only the missing ones; their records."""
     import ray
 
-    from trainer.features import feature_location
+    from trainer.use.features import feature_location
 
     for name in storage.list_names(folder):  # what a task killed mid-write left (never renamed)
         if name.startswith(".") and name.endswith(".tmp"):
@@ -100,7 +100,7 @@ def _compute_missing(data: str, missing: list[dict], network: dict, folder: str,
     """One Ray task per missing shard, at most 2x CPUs in flight, on the connected instance."""
     import ray
 
-    from trainer.features import shard_features
+    from trainer.use.features import shard_features
 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3, retry_exceptions=True,
@@ -127,7 +127,7 @@ def _compute_missing(data: str, missing: list[dict], network: dict, folder: str,
 
 def _records(folder: str, shards: list[dict]) -> list[dict]:
     """Who computed each feature file, and when (figure4.json's "shards")."""
-    from trainer.features import feature_location, read_features
+    from trainer.use.features import feature_location, read_features
 
     records = []
     for shard in shards:
@@ -178,7 +178,7 @@ def find_neighbours(data: str, chosen: list[dict], network: dict, classes: list[
 
     from pipeline.loader.augment import BatchTransform
     from trainer.evaluate import build_model
-    from trainer.features import fc7_of_jpegs, feature_location, nearest
+    from trainer.use.features import fc7_of_jpegs, feature_location, nearest
 
     model = build_model(network, ("cpu", "cpu"))
     transform = BatchTransform(network["stats"], pca_std=0.0)
@@ -206,7 +206,7 @@ def find_neighbours(data: str, chosen: list[dict], network: dict, classes: list[
 
 
 def _stored_jpeg(data: str, row: dict) -> bytes:
-    from trainer.features import read_samples
+    from trainer.use.features import read_samples
 
     ((_, _, jpeg),) = read_samples(data, row["shard"], row["shard_samples"], [row["position"]])
     return jpeg

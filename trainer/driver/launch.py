@@ -14,6 +14,7 @@ checkpoint, without the driver's help.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 
@@ -27,7 +28,7 @@ SHAPE_FIELDS = ("data", "variant", "width", "crop")
 
 
 def train(config: TrainConfig, *, address: str | None = None, fresh: bool = False) -> int:
-    from trainer import preflight
+    from trainer.driver import preflight
 
     config = _absolute_storage(config)
     train_manifest = check_dataset(config.data)
@@ -42,9 +43,10 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainer import failures, resources, resume
+    from trainer.checkpoint import resume
+    from trainer.driver import failures, resources
+    from trainer.driver.progress import ConsoleProgress
     from trainer.precision import plan_text
-    from trainer.progress import ConsoleProgress
     from trainer.report import plot_run
 
     gpu = config.gpus_per_worker > 0
@@ -52,7 +54,11 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     if changed is not None:
         print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
               + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
+    from trainer.hooks import FailurePause
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
+
+    pause = FailurePause.from_environment()  # None unless a failure test asks for one (ALEXNET_DEBUG_*)
+    worker = train_worker if pause is None else functools.partial(train_worker, hooks=pause)
 
     with own_ray(address, _forwarded_env(), log_to_driver=True):
         needed = dataclasses.replace(config, workers=config.fewest_workers)  # what the run needs to start
@@ -68,7 +74,7 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
         # the run continues with this config (an unfinished run; a finished one returned above)
         storage.write_bytes_atomic(storage.join(run_dir, "config.json"), config.to_json().encode())
         trainer = TorchTrainer(
-            train_worker,
+            worker,
             train_loop_config={"config": config.to_dict(), "run_dir": run_dir},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=(config.min_workers, config.workers) if config.elastic
@@ -173,7 +179,7 @@ def _finished(config: TrainConfig, run_dir: str) -> bool:
 
 
 def _forwarded_env() -> dict:
-    """What workers must see: deterministic cuBLAS, the failure-test hooks (ALEXNET_DEBUG_*), and Ray
+    """What workers must see: deterministic cuBLAS, the test settings (ALEXNET_DEBUG_*), and Ray
     Train's print patch off (it sends each worker print to the driver twice: once as printed, once logged)."""
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("ALEXNET_DEBUG_")})
