@@ -110,7 +110,7 @@ class _ShardLoader:
         finally:
             self._running = False
             if pool is not None:  # join the workers now, not when the iterator is collected: the slots
-                items._shutdown_workers()  # they took for batches never received are then free again
+                join_workers(items)  # they took for batches never received are then free again
                 pool.end_pass()
         if self.batches != len(self):
             raise RuntimeError(f"loader yielded {self.batches} of {len(self)} batches (a bug: please report)")
@@ -258,3 +258,10 @@ class EvalLoader(_ShardLoader):
                          num_workers=num_workers, crop=crop, split=split, shuffle_window=0,
                          skip_bad_samples=False, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
                          multiprocessing_context=multiprocessing_context, verify_checksums=verify_checksums)
+
+
+def join_workers(items: Iterator) -> None:
+    """Stop and join the worker processes of a DataLoader iterator now. torch has no public call for it
+    (the iterator joins them when collected); `_shutdown_workers` is its private one in torch 2.13
+    (tests/test_private_apis.py fails, naming the torch version, where it is gone)."""
+    items._shutdown_workers()
