@@ -30,26 +30,9 @@ from pipeline.errors import UserError, storage_error_in, storage_error_text
 
 def _shard(args: argparse.Namespace) -> int:
     from pipeline.shard.job import shard_split
+    from pipeline.shard.options import ShardOptions
 
-    return shard_split(
-        src=args.src,
-        out=args.out,
-        split=args.split,
-        labels=args.labels,
-        synset_map=args.synset_map,
-        classes=args.classes,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        size=args.size,
-        quality=args.quality,
-        chroma=args.chroma,
-        address=args.address,
-        max_in_flight=args.max_in_flight,
-        max_skip_fraction=args.max_skip_fraction,
-        overwrite=args.overwrite,
-        limit=args.limit,
-        custom_split=args.custom_split,
-    )
+    return shard_split(ShardOptions.from_args(args))
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -145,11 +128,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from jobs.demo import run_demo
+    from jobs.demo import DemoOptions, run_demo
 
-    return run_demo(args.out, images=args.images, classes=args.classes, train_per_class=args.train_per_class,
-                    val_per_class=args.val_per_class, epochs=args.epochs, width=args.width,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, address=args.address)
+    return run_demo(args.out, DemoOptions.from_args(args))
 
 
 # each command's handler, by the name the parser gives it

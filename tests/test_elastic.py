@@ -15,7 +15,7 @@ import torch
 
 from pipeline.loader.loaders import TrainLoader
 from pipeline.loader.deals import Deal, close
-from pipeline.loader.plan import deal_size, rank_batch_positions, worker_plan
+from pipeline.loader.plan import EpochShare, deal_size, rank_batch_positions, worker_plan
 from trainer.config import resolve_config
 from trainer.optim import PaperSGD
 from trainer.schedule import PlateauSchedule, lr_after_resize, set_step_lr, warmup_factor
@@ -24,8 +24,9 @@ from trainer.schedule import PlateauSchedule, lr_after_resize, set_step_lr, warm
 def train_deal(shards, deals, world, workers, batch, trained_batches, seed=4, epoch=1, window=7):
     """The positions each rank trains in the current deal when it stops after `trained_batches` batches
     (None: all of them), and the deal as a checkpoint closes it."""
-    per_rank = [rank_batch_positions(shards, seed=seed, epoch=epoch, rank=r, world_size=world, batch_size=batch,
-                                     num_workers=workers, window=window, deals=deals) for r in range(world)]
+    per_rank = [rank_batch_positions(shards, EpochShare(seed=seed, epoch=epoch, rank=r, world_size=world,
+                                                        batch_size=batch, num_workers=workers, window=window,
+                                                        deals=deals)) for r in range(world)]
     batches = len(per_rank[0]) if trained_batches is None else min(trained_batches, len(per_rank[0]))
     assert {len(p) for p in per_rank} == {len(per_rank[0])}  # equal whole batches per rank
     trained = [b for p in per_rank for b in p[:batches]]
@@ -62,12 +63,12 @@ def test_resizes_mid_epoch_train_every_sample_at_most_once(batch):
 
 def test_an_unresized_epoch_is_dealt_as_before():
     # deal 0 is today's plan: contiguous spans per rank, the same seeded order (same-size resumes stay exact)
-    plan = worker_plan(SHARDS, seed=4, epoch=1, rank=1, world_size=2, batch_size=5, num_workers=2, worker=1,
-                       drop_last=True, shuffle=True, window=7)
+    share = dict(seed=4, epoch=1, world_size=2, batch_size=5, num_workers=2, window=7)
+    plan = worker_plan(SHARDS, EpochShare(rank=1, **share), worker=1, drop_last=True, shuffle=True)
     assert plan.reads == len(plan.order) and sorted(plan.order.tolist()) == list(range(len(plan.order)))
     assert plan.first == 60 + 30  # rank 1 starts at 12 batches x 5; worker 1 after worker 0's 6 batches
-    resized = [worker_plan(SHARDS, seed=4, epoch=1, rank=rank, world_size=2, batch_size=5, num_workers=2,
-                           worker=worker, drop_last=True, shuffle=True, window=7, deals=(Deal(3, 1, 5, 2),))
+    resized = [worker_plan(SHARDS, EpochShare(rank=rank, deals=(Deal(3, 1, 5, 2),), **share), worker=worker,
+                           drop_last=True, shuffle=True)
                for rank in range(2) for worker in range(2)]
     assert any(p.reads > len(p.order) for p in resized)  # blocks span holes: samples trained before the resize
 

@@ -1,14 +1,17 @@
 """The code's shape, read statically (ast, no imports run): no import circles among the project's modules,
-no import running back up the layers, no function in trainer/ with more parameters than a reader can hold."""
+no import running back up the layers, no function in trainer/, pipeline/ or jobs/ with more parameters than
+a reader can hold."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cluster", "jobs", "pipeline", "trainer")
-MAX_TRAINER_PARAMETERS = 8
+MAX_PARAMETERS = 8
+CROWD_CHECKED = ("trainer", "pipeline", "jobs")
 
 
 def module_files() -> dict[str, Path]:
@@ -96,14 +99,25 @@ def test_imports_never_run_back_up_the_layers():
     assert upward == []
 
 
-def test_no_trainer_function_takes_more_than_eight_parameters():
+def test_no_function_takes_more_than_eight_parameters():
     crowded = []
-    for path in sorted((ROOT / "trainer").rglob("*.py")):
+    for path in sorted(path for package in CROWD_CHECKED for path in (ROOT / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 args = node.args
                 names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
                 count = len(names) + bool(args.vararg) + bool(args.kwarg) - (names[:1] in (["self"], ["cls"]))
-                if count > MAX_TRAINER_PARAMETERS:
+                if count > MAX_PARAMETERS:
                     crowded.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({count})")
     assert crowded == [], "hand these functions an object (a config, the run state) instead"
+
+
+def test_the_shard_options_are_the_shard_commands_flags():
+    """`alexnet shard`'s flags fill ShardOptions whole (no field copied by hand): same names, same defaults."""
+    from jobs.parser import build_parser
+    from pipeline.shard.options import ShardOptions
+
+    args = build_parser().parse_args(["shard", "in", "out", "--split", "val"])
+    assert ShardOptions.from_args(args) == ShardOptions(src="in", out="out", split="val")
+    flags = {name for name in vars(args) if name != "command"}
+    assert flags == {field.name for field in dataclasses.fields(ShardOptions)}

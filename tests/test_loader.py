@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.loader.loaders import EvalLoader, ShardReadError, TrainLoader
-from pipeline.loader.plan import shard_order, worker_plan
+from pipeline.loader.plan import EpochShare, shard_order, worker_plan
 
 
 def stored_samples(dataset: str, split: str) -> list[tuple[str, str, np.ndarray, int]]:
@@ -80,9 +80,9 @@ def test_plan_deals_each_sample_at_most_once_with_equal_batch_counts(shard_sampl
                 for rank in range(world_size):
                     batch_ids = []
                     for worker in range(workers):
-                        plan = worker_plan(shard_samples, seed=3, epoch=1, rank=rank, world_size=world_size,
-                                           batch_size=batch_size, num_workers=workers, worker=worker,
-                                           drop_last=True, shuffle=True, window=10)
+                        share = EpochShare(seed=3, epoch=1, rank=rank, world_size=world_size,
+                                           batch_size=batch_size, num_workers=workers, window=10)
+                        plan = worker_plan(shard_samples, share, worker=worker, drop_last=True, shuffle=True)
                         read = [(s, p) for s, lo, hi in plan.pieces for p in range(lo, hi)]
                         assert sorted(plan.order) == list(range(len(read)))
                         assert len(read) == sum(plan.batch_sizes)

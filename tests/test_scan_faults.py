@@ -21,6 +21,7 @@ from pipeline.errors import UserError
 from pipeline.shard.images import BadImage
 from pipeline.shard.labels import check_class_names
 from pipeline.shard.job import shard_split
+from pipeline.shard.options import ShardOptions
 from pipeline.shard.scan_rules import HIDDEN
 from pipeline.shard.sources import find_inputs, read_source
 
@@ -126,11 +127,12 @@ def test_split_names_and_split_folders_are_refused_with_the_way_out(tmp_path):
     class_tree(root / "train", sample_files()[:1])
     class_tree(root / "val", sample_files()[1:2])
     with pytest.raises(UserError, match=r"include train, val: that looks like a folder of splits.*--classes FILE"):
-        shard_split(src=str(root), out=str(tmp_path / "out"), split="train")
+        shard_split(ShardOptions(src=str(root), out=str(tmp_path / "out"), split="train"))
     with pytest.raises(UserError, match=r"--split trian: use train or val .*--custom-split"):
-        shard_split(src=str(root / "train"), out=str(tmp_path / "out"), split="trian")
+        shard_split(ShardOptions(src=str(root / "train"), out=str(tmp_path / "out"), split="trian"))
     with pytest.raises(UserError, match="does not exist"):  # past the flag checks
-        shard_split(src=str(tmp_path / "missing"), out=str(tmp_path / "out"), split="test", custom_split=True)
+        shard_split(ShardOptions(src=str(tmp_path / "missing"), out=str(tmp_path / "out"), split="test",
+                                 custom_split=True))
     assert not (tmp_path / "out").exists()
     warnings = check_class_names(["cats", "n01440764"], [])
     assert len(warnings) == 1 and "1 class name(s) are not WordNet ids" in warnings[0] and "'cats'" in warnings[0]
