@@ -1,6 +1,6 @@
 """Figure 4's feature pass per CPU core: stored JPEGs -> fc7 vectors, at width 1 and the demo's width.
 
-    python benchmarks/bench_features.py                 # the suite's photographs (tests/photos.py)
+    python benchmarks/bench_features.py                 # the suite's photographs (tests/helpers/photos.py)
     python benchmarks/bench_features.py --images 256 --widths 1 0.25
 
 What one `alexnet neighbours` task does per image (trainer/use/features.py `fc7_of_jpegs`: decode the
@@ -30,7 +30,7 @@ IMAGENET_TRAIN = 1_281_167
 
 def stored_jpegs(count: int) -> list[bytes]:
     """`count` stored training images (the sharder's process_image of the suite's photographs)."""
-    from photos import sample_files
+    from helpers.photos import sample_files
 
     from pipeline.shard.images import process_image
 

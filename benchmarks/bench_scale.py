@@ -68,7 +68,7 @@ def _photos() -> list[Path]:
     if SHARED.is_dir():
         return sorted(p for p in SHARED.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     sys.path.insert(0, str(ROOT / "tests"))
-    from photos import sample_files  # JPEGs made from the bundled CC0 photos (scikit-image)
+    from helpers.photos import sample_files  # JPEGs made from the bundled CC0 photos (scikit-image)
 
     return sample_files()  # hard links keep their bytes after the process removes the folder
 

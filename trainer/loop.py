@@ -208,7 +208,7 @@ def _quiet_ray_reports() -> None:
 
 
 # Ray Train 2.60's private module whose logger (named after its file, not its module) logs each report;
-# tests/test_private_apis.py fails, naming the Ray version, where it is gone or logs under another name
+# tests/unit/test_private_apis.py fails, naming the Ray version, where it is gone or logs under another name
 RAY_TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"
 
 

@@ -292,5 +292,5 @@ class EvalLoader(_ShardLoader):
 def join_workers(items: Iterator) -> None:
     """Stop and join the worker processes of a DataLoader iterator now. torch has no public call for it
     (the iterator joins them when collected); `_shutdown_workers` is its private one in torch 2.13
-    (tests/test_private_apis.py fails, naming the torch version, where it is gone)."""
+    (tests/unit/test_private_apis.py fails, naming the torch version, where it is gone)."""
     items._shutdown_workers()

@@ -28,7 +28,7 @@ from pipeline.shard.progress import Progress, plural
 from pipeline.shard.manifest import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
                              plan_shards, progress_location, read_manifest, rows_table, stale_temporaries,
                              write_index, write_manifest, write_shard)
-from pipeline.shard.options import SPLITS, ShardOptions
+from pipeline.shard.options import ShardOptions
 from pipeline.shard.sources import Input, Scan, find_inputs
 from pipeline.shard.stats import add_moments, empty_moments, stats_from_moments, write_stats
 

@@ -25,7 +25,7 @@ from trainer.checkpoint import format as ckpt
 
 # Ray Train 2.60's list of a run's checkpoints: its file name (ray.train.v2._internal.constants) and the
 # fields of its _CheckpointManagerState this module reads or rewrites, both private to Ray Train;
-# tests/test_private_apis.py fails, naming the Ray version, where either changed
+# tests/unit/test_private_apis.py fails, naming the Ray version, where either changed
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 SNAPSHOT_FIELDS = ("checkpoint_results", "checkpoint_report_indices", "latest_checkpoint_result",
                    "pending_training_results", "pending_validation_specs", "validated_checkpoint_dir_names",

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from photos import sample_files
+from helpers.photos import sample_files
 from pipeline.errors import UserError
 from trainer.checkpoint import format as ckpt
 from trainer.model import AlexNet

@@ -1,6 +1,6 @@
 """trainer/driver/autoscaler.py tells a running autoscaler from the read-only monitor every head runs, in the records
 Ray itself writes (built here with Ray's own classes: the v1 monitor's AutoscalerSummary as it serialises it,
-the v2 GetClusterStatusReply). The live v1 path runs in tests/test_autoscaling.py (a real autoscaler) and
+the v2 GetClusterStatusReply). The live v1 path runs in tests/integration/test_autoscaling.py (a real autoscaler) and
 test_train.py (a head without one)."""
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
 # ---- real jobs on the session's Ray head -------------------------------------------------------------
 
 # A shard, a train and an eval job, followed to the end with `jobs status` and `jobs logs`: on the autoscaling
-# cluster of tests/test_autoscaling.py, with the dataset and the runs on S3.
+# cluster of tests/integration/test_autoscaling.py, with the dataset and the runs on S3.
 
 @pytest.mark.slow
 def test_failing_job_exits_non_zero_with_its_error(dashboard_url, tmp_path):

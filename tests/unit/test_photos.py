@@ -1,4 +1,4 @@
-"""The photographs most of the suite runs on (tests/photos.py) are there, real, and as varied as the
+"""The photographs most of the suite runs on (tests/helpers/photos.py) are there, real, and as varied as the
 fixtures need: a missing or changed scikit-image file fails here by name, not as an odd error elsewhere."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from photos import PHOTOS, SAMPLE_COUNT, photo_path, sample_files
+from helpers.photos import PHOTOS, SAMPLE_COUNT, photo_path, sample_files
 
 
 def test_each_photograph_ships_in_the_installed_wheel_as_a_real_photograph():

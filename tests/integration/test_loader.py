@@ -172,7 +172,7 @@ def test_resume_after_k_batches_equals_the_uninterrupted_stream(sharded_dataset)
         resumed.set_epoch(3)  # the next epoch starts from its first batch
         assert len(list(resumed)) == len(full)
 
-    with pytest.raises(UserError, match="shuffle_window"):  # (other world sizes: tests/test_elastic.py)
+    with pytest.raises(UserError, match="shuffle_window"):  # (other world sizes: tests/integration/test_elastic.py)
         TrainLoader(sharded_dataset, 12, rank=1, world_size=2, shuffle_window=5).load_state_dict(state)
 
 

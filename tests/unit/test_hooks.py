@@ -1,6 +1,6 @@
 """The loop's hooks (trainer/hooks.py): what the failure tests' environment asks for, read once by the
 driver; a rank pauses only at its own points. The pauses themselves, killing a run there, are
-tests/test_train.py's, tests/test_autoscaling.py's and tests/test_multinode.py's."""
+tests/integration/test_train.py's, tests/integration/test_autoscaling.py's and tests/integration/test_multinode.py's."""
 
 from __future__ import annotations
 

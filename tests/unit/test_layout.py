@@ -8,7 +8,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("cluster", "jobs", "pipeline", "trainer")
 MAX_PARAMETERS = 8
 CROWD_CHECKED = ("trainer", "pipeline", "jobs")

@@ -1,8 +1,8 @@
 """The run state (trainer/state.py) without Ray Train: it restores exactly what it saves, refuses a
 checkpoint it would restore inexactly, naming the key, and continues another world size's checkpoint.
 
-The end-to-end proofs (bitwise-equal weights after kills, elastic exactly-once) are tests/test_resume.py,
-tests/test_elastic.py and tests/test_multinode.py; these catch a forgotten piece of state in a second."""
+The end-to-end proofs (bitwise-equal weights after kills, elastic exactly-once) are tests/integration/test_resume.py,
+tests/integration/test_elastic.py and tests/integration/test_multinode.py; these catch a forgotten piece of state in a second."""
 
 from __future__ import annotations
 

@@ -215,3 +215,20 @@ def test_a_run_beside_another_ray_its_console_files_and_a_second_call(small_data
         "extended in place: to train longer, start it over with --fresh and a larger epochs (e.g. --set "
         "epochs=5), or under another --name")
     assert (run / "config.json").read_bytes() == config
+
+
+def test_cli_lists_subcommands():
+    result = subprocess.run(alexnet_cmd("--help"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "shard" in result.stdout and "inspect" in result.stdout
+
+
+def test_cli_reports_a_bad_value_in_one_line_before_starting_anything(tmp_path):
+    result = run_cli("train", "--data", str(tmp_path), "--name", "r", "--set", "epochs=-1", check=False,
+                     timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("alexnet train: error: --set epochs=-1: epochs=-1 is out of range: "
+                                     "must be at least 1")
+    result = run_cli("train", "--data", str(tmp_path / "nothing"), "--name", "r", check=False, timeout=60)
+    assert result.returncode == 2 and "train.manifest.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

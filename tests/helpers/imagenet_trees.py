@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from photos import sample_files  # noqa: F401  (the tests' source of images, re-exported)
+from helpers.photos import sample_files  # noqa: F401  (the tests' source of images, re-exported)
 
 
 def synset_of(image: Path) -> str:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from imagenet_trees import class_tree, sample_files, synset_of
+from helpers.imagenet_trees import class_tree, sample_files, synset_of
 from pipeline.errors import UserError
 from pipeline.shard.images import BadImage
 from pipeline.shard.labels import check_class_names

@@ -1,8 +1,8 @@
 """Long runs meet damaged checkpoints: a truncated file, a deleted folder, an upload cut off. Resume falls back
 to the newest readable checkpoint, says what it skipped, and leaves a run folder Ray Train accepts; user
 errors stop a run at its first attempt. Runs are copies of the session's reference run (tests/conftest.py).
-A checkpoint that goes bad while the run is up is tested with a lost node in tests/test_autoscaling.py; the
-same command resuming past an upload cut off, end to end, with the driver's death on S3 in tests/test_train.py.
+A checkpoint that goes bad while the run is up is tested with a lost node in tests/integration/test_autoscaling.py; the
+same command resuming past an upload cut off, end to end, with the driver's death on S3 in tests/integration/test_train.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagenet_trees import class_tree, flat_val, sample_files, synset_of, train_tar
+from helpers.imagenet_trees import class_tree, flat_val, sample_files, synset_of, train_tar
 from pipeline.errors import UserError
 from pipeline.shard.labels import read_class_list, read_labels
 from pipeline.shard.scan_rules import HIDDEN

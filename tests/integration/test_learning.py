@@ -21,7 +21,7 @@ import math
 import pytest
 
 from conftest import run_cli
-from imagenet_trees import flat_val, sample_files, synset_of
+from helpers.imagenet_trees import flat_val, sample_files, synset_of
 from test_train import records
 
 pytestmark = pytest.mark.slow

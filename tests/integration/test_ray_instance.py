@@ -1,7 +1,7 @@
 """Every command that starts Ray runs on the instance the user named (--address, else RAY_ADDRESS) or on a
 new private one of its own, never on one it finds on the machine (pipeline/ray_instance.py); relative
 paths are the user's, whichever cluster runs the tasks. `alexnet train` beside a foreign head is checked
-in tests/test_first_hour.py (the same fixture)."""
+in tests/integration/test_new_user.py (the same fixture)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import alexnet_cmd, drivers_of, run_cli
-from imagenet_trees import class_tree, sample_files
+from helpers.imagenet_trees import class_tree, sample_files
 from pipeline.ray_instance import chosen_address
 
 

@@ -117,7 +117,7 @@ def start_paused(args: list[str], pid_file: str, rank: int, points: str = str(KI
 
 
 # A worker killed mid-epoch (its node lost) resumes at the exact batch from the last checkpoint it can read,
-# bitwise: tests/test_autoscaling.py, on the autoscaling cluster.
+# bitwise: tests/integration/test_autoscaling.py, on the autoscaling cluster.
 
 
 def test_same_command_continues_after_driver_death_past_a_cut_off_upload(reference, small_dataset, ray_head,

@@ -3,7 +3,6 @@ grouped single-device network, 224 vs 227, device-agnostic weights, a training s
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -13,10 +12,9 @@ from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from pipeline.errors import UserError
-from conftest import run_cli
-from photos import sample_files
+from helpers.photos import sample_files
 from trainer.model import AlexNet, GroupedAlexNet, PaperLRN
-from trainer.use.summary import format_summary, model_summary
+from trainer.use.summary import model_summary
 
 # REFERENCE.md "Shapes and counts": both towers together, 1000 classes.
 PAPER_PARAMS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,
@@ -264,13 +262,3 @@ def test_one_tower_variant_is_the_keras_snippet():
     assert not any(row["name"].startswith("norm") for row in summary["layers"])
     model = small_model("one-tower")
     assert len(model.towers) == 1 and model(real_batch(2, 227)).shape == (2, 10)
-
-
-def test_summary_table_and_cli():
-    table = format_summary(model_summary("paper", 224, devices=("cuda:0", "cuda:1")))
-    assert "60,965,224" in table and "fc8 (t0)" in table and "conv3 (t1)" in table and "cuda:1" in table
-    result = json.loads(run_cli("summary", "--variant", "one-tower", "--input", "227", "--json").stdout)
-    assert result["total_params"] == 62_378_344 and result["layers"][0]["output_shape"] == [96, 55, 55]
-    bad = run_cli("summary", "--input", "256", check=False)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
-    assert "--input 256: AlexNet takes square inputs of 223 to 227" in bad.stderr

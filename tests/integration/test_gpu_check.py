@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # it starts Ray Train (`alexnet train` on the session's Ray head)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_gpu_check_runs_on_the_cpu_and_writes_its_json_to_out(small_dataset, ray_head, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import alexnet_cmd, resize_disk, run_cli
-from imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
+from helpers.imagenet_trees import class_tree, odd_files, sample_files, synset_of, train_tar
 from pipeline.shard.manifest import read_manifest
 from pipeline.shard.tar_writer import ShardTarWriter
 from pipeline.shard.stats import PixelMoments, add_moments, empty_moments, image_moments, read_stats, stats_from_moments

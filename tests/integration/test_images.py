@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagenet_trees import odd_files, sample_files
+from helpers.imagenet_trees import odd_files, sample_files
 from pipeline.shard.images import (BadImage, centre_square, decode_for_size, decode_stored, encode_jpeg,
                                    process_image)
 

@@ -1,6 +1,6 @@
 """ImageNet's own images (the shared sample, ../shared/data/imagenet-sample): what no photograph stands in for,
 the size and mode mix of real ImageNet files and the colour statistics the paper's PCA noise was fitted to.
-A clone without the shared set skips these; the rest of the suite runs on tests/photos.py.
+A clone without the shared set skips these; the rest of the suite runs on tests/helpers/photos.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The re-dealing is pure arithmetic (pipeline/loader/plan.py, pipeline/loader/deals.py), checked here over
 many resize sequences; a real loader resumed at another world size reads real shards; the end-to-end
-run shrinks and grows on a multi-node cluster (tests/test_multinode.py's cluster).
+run shrinks and grows on a multi-node cluster (tests/integration/test_multinode.py's cluster).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoscaling_cluster import AutoscalingCluster
+from helpers.autoscaling_cluster import AutoscalingCluster
 from conftest import alexnet_cmd, run_cli, train_args, wait_for_pause
 from pipeline import storage
 from test_train import assert_bitwise_equal, checkpoint_names, records
