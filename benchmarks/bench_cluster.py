@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from autoscaling_cluster import AutoscalingCluster  # noqa: E402
+from helpers.autoscaling_cluster import AutoscalingCluster  # noqa: E402
 from conftest import TINY, alexnet_cmd, train_args  # noqa: E402
 
 

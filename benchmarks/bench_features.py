@@ -1,9 +1,9 @@
 """Figure 4's feature pass per CPU core: stored JPEGs -> fc7 vectors, at width 1 and the demo's width.
 
-    python benchmarks/bench_features.py                 # the suite's photographs (tests/photos.py)
+    python benchmarks/bench_features.py                 # the suite's photographs (tests/helpers/photos.py)
     python benchmarks/bench_features.py --images 256 --widths 1 0.25
 
-What one `alexnet neighbours` task does per image (trainer/features.py `fc7_of_jpegs`: decode the
+What one `alexnet neighbours` task does per image (trainer/use/features.py `fc7_of_jpegs`: decode the
 stored 256x256 JPEG, centre crop, mean subtraction, the network up to fc7, float16), on one thread
 (torch and OpenMP pinned to 1), timed by process CPU time so a shared machine's neighbours do not
 count. Baseline in the same run: decoding and cropping alone, so the ratio says how much of a task
@@ -30,7 +30,7 @@ IMAGENET_TRAIN = 1_281_167
 
 def stored_jpegs(count: int) -> list[bytes]:
     """`count` stored training images (the sharder's process_image of the suite's photographs)."""
-    from photos import sample_files
+    from helpers.photos import sample_files
 
     from pipeline.shard.images import process_image
 
@@ -60,7 +60,7 @@ def main() -> None:
     from pipeline.loader.augment import BatchTransform
     from pipeline.shard.images import decode_stored
     from trainer.evaluate import eval_crops
-    from trainer.features import fc7_of_jpegs
+    from trainer.use.features import fc7_of_jpegs
     from trainer.model import AlexNet
 
     jpegs = stored_jpegs(args.images)

@@ -68,7 +68,7 @@ def _photos() -> list[Path]:
     if SHARED.is_dir():
         return sorted(p for p in SHARED.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     sys.path.insert(0, str(ROOT / "tests"))
-    from photos import sample_files  # JPEGs made from the bundled CC0 photos (scikit-image)
+    from helpers.photos import sample_files  # JPEGs made from the bundled CC0 photos (scikit-image)
 
     return sample_files()  # hard links keep their bytes after the process removes the folder
 
@@ -191,12 +191,12 @@ def loader_side(samples: int, work: Path, world: int) -> dict:
     loader.set_epoch(1)
 
     def epoch_plan():
-        from pipeline.loader.plan import worker_plan
+        from pipeline.loader.plan import EpochShare, worker_plan
 
+        share = EpochShare(seed=0, epoch=1, rank=0, world_size=world, batch_size=BATCH, num_workers=LOADER_WORKERS,
+                           window=loader.shuffle_window, deals=loader.deals)
         for w in range(LOADER_WORKERS):
-            worker_plan([n for _, n in loader.shards], seed=0, epoch=1, rank=0, world_size=world, batch_size=BATCH,
-                        num_workers=LOADER_WORKERS, worker=w, drop_last=True, shuffle=True,
-                        window=loader.shuffle_window, deals=loader.deals)
+            worker_plan([n for _, n in loader.shards], share, worker=w, drop_last=True, shuffle=True)
         return loader.batch_positions()
 
     positions = p.run(f"loader epoch plan (workers + audit positions), world {world}", epoch_plan)
@@ -226,7 +226,7 @@ def loader_side(samples: int, work: Path, world: int) -> dict:
 def trainer_side(samples: int, work: Path) -> dict:
     from pipeline.shard.inspect import inspect_dataset
     from pipeline.shard.manifest import read_manifest
-    from trainer import launch, preflight
+    from trainer.driver import launch, preflight
     from trainer.config import TrainConfig
 
     data = str(work / f"data-{samples}")

@@ -212,12 +212,13 @@ def job_run(src: str, out: str, cpus: int, queue) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     from pipeline.shard.job import shard_split
+    from pipeline.shard.options import ShardOptions
 
     start = time.perf_counter()
     with open(os.devnull, "w") as devnull:
         saved, sys.stdout = sys.stdout, devnull
         try:
-            shard_split(src=src, out=out, split="train", shard_size=64, max_in_flight=2 * cpus)
+            shard_split(ShardOptions(src=src, out=out, split="train", shard_size=64, max_in_flight=2 * cpus))
         finally:
             sys.stdout = saved
     seconds = time.perf_counter() - start

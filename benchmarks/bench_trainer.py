@@ -64,7 +64,8 @@ def bare_step_seconds(args, batches, stats, devices, precision: str, compiled: b
     from pipeline.loader.augment import BatchTransform
     from trainer.model import AlexNet
     from trainer.optim import PaperSGD, param_groups
-    from trainer.precision import Precision, compile_model, set_up_kernels, train_step
+    from trainer.precision import Precision, compile_model, set_up_kernels
+    from trainer.step import train_step
 
     set_up_kernels(args.deterministic, torch.device(devices[0]))
     torch.manual_seed(0)
@@ -87,7 +88,7 @@ def bare_step_seconds(args, batches, stats, devices, precision: str, compiled: b
 
 def trainer_step_seconds(args, storage: str, precision: str, compiled: bool) -> tuple[float, float, dict]:
     from trainer.config import resolve_config
-    from trainer.launch import train
+    from trainer.driver.launch import train
     from trainer.report import read_metrics
 
     config = resolve_config(None, [f"batch_size={args.batch_size}", f"width={args.width}", "epochs=1",

@@ -30,26 +30,9 @@ from pipeline.errors import UserError, storage_error_in, storage_error_text
 
 def _shard(args: argparse.Namespace) -> int:
     from pipeline.shard.job import shard_split
+    from pipeline.shard.options import ShardOptions
 
-    return shard_split(
-        src=args.src,
-        out=args.out,
-        split=args.split,
-        labels=args.labels,
-        synset_map=args.synset_map,
-        classes=args.classes,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        size=args.size,
-        quality=args.quality,
-        chroma=args.chroma,
-        address=args.address,
-        max_in_flight=args.max_in_flight,
-        max_skip_fraction=args.max_skip_fraction,
-        overwrite=args.overwrite,
-        limit=args.limit,
-        custom_split=args.custom_split,
-    )
+    return shard_split(ShardOptions.from_args(args))
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -59,7 +42,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from trainer.summary import print_summary
+    from trainer.use.summary import print_summary
 
     if not 223 <= args.input <= 227:
         raise UserError(f"--input {args.input}: AlexNet takes square inputs of 223 to 227 pixels "
@@ -71,7 +54,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from trainer.config import resolve_config
-    from trainer.launch import train
+    from trainer.driver.launch import train
 
     config = resolve_config(args.config, args.set, data=args.data, name=args.name, storage=args.storage,
                             workers=args.workers, gpus_per_worker=args.gpus_per_worker,
@@ -81,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _checkpoint_exists(location: str) -> None:
     """Before the command imports torch (~3 s): a mistyped checkpoint path fails at once."""
-    from trainer.checkpoint_location import resolve_location
+    from trainer.checkpoint.checkpoint_location import resolve_location
 
     resolve_location(location)
 
@@ -116,25 +99,25 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- the trained network in use (trainer/predict.py, trainer/export.py, trainer/neighbours.py) ---
+# --- the trained network in use (trainer/use/predict.py, trainer/use/export.py, trainer/use/neighbours.py) ---
 
 def _predict(args: argparse.Namespace) -> int:
     _checkpoint_exists(args.checkpoint)
-    from trainer.predict import predict
+    from trainer.use.predict import predict
 
     return predict(args.checkpoint, args.inputs, ten_crop=args.ten_crop, as_json=args.json)
 
 
 def _export(args: argparse.Namespace) -> int:
     _checkpoint_exists(args.checkpoint)
-    from trainer.export import export
+    from trainer.use.export import export
 
     return export(args.checkpoint, args.out)
 
 
 def _neighbours(args: argparse.Namespace) -> int:
     _checkpoint_exists(args.checkpoint)
-    from trainer.neighbours import neighbours
+    from trainer.use.neighbours import neighbours
 
     return neighbours(args.checkpoint, args.data, out=args.out, queries=args.queries, keys=args.key,
                       seed=args.seed, address=args.address, batch_size=args.batch_size)
@@ -159,11 +142,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from jobs.demo import run_demo
+    from jobs.demo import DemoOptions, run_demo
 
-    return run_demo(args.out, images=args.images, classes=args.classes, train_per_class=args.train_per_class,
-                    val_per_class=args.val_per_class, epochs=args.epochs, width=args.width,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, address=args.address)
+    return run_demo(args.out, DemoOptions.from_args(args))
 
 
 # each command's handler, by the name the parser gives it

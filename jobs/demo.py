@@ -13,18 +13,48 @@ Each step calls the same function its CLI command calls; nothing here is a demo-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
 
 
-def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per_class: int = 100,
-             val_per_class: int = 25, epochs: int = 10, width: float = 0.25, batch_size: int = 32,
-             lr: float = 0.005, seed: int = 0, address: str | None = None, deterministic: bool = True) -> int:
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    """What `alexnet demo` is asked for; each field but `deterministic` is the flag of the same name."""
+
+    images: str | None = None  # a real tree (train/<synset>/*.JPEG + val/) instead of generated images
+    classes: int = 8
+    train_per_class: int = 100
+    val_per_class: int = 25
+    epochs: int = 10
+    width: float = 0.25
+    batch_size: int = 32
+    lr: float = 0.005
+    seed: int = 0
+    address: str | None = None
+    deterministic: bool = True  # no flag: the demo always trains with deterministic kernels
+
+    @classmethod
+    def from_args(cls, args) -> DemoOptions:
+        """The options of a parsed `alexnet demo` command line."""
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
+                      if hasattr(args, field.name)})
+
+
+def run_demo(out: str, options: DemoOptions | None = None, **settings) -> int:
+    """The whole demo into folder `out`: `options`, or DemoOptions' defaults, with `settings` (keywords
+    named as its fields) on top."""
+    options = dataclasses.replace(options or DemoOptions(), **settings)
+    images, classes, seed, address = options.images, options.classes, options.seed, options.address
+    train_per_class, val_per_class = options.train_per_class, options.val_per_class
+    epochs, width, batch_size, lr = options.epochs, options.width, options.batch_size, options.lr
+    deterministic = options.deterministic
     from jobs.synthetic import check_budget
     from trainer.config import resolve_config
 
@@ -46,9 +76,10 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
     from jobs.demo_report import write_report
     from pipeline.ray_instance import own_ray
     from pipeline.shard.job import shard_split
+    from pipeline.shard.options import ShardOptions
     from trainer.evaluate import evaluate_checkpoint
-    from trainer.launch import train
-    from trainer.neighbours import neighbours
+    from trainer.driver.launch import train
+    from trainer.use.neighbours import neighbours
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,10 +89,10 @@ def run_demo(out: str, *, images: str | None = None, classes: int = 8, train_per
     _step("shard: train and val splits as WebDataset shards, one Ray task per shard")
     shard_size = max(8, inputs["train_count"] // 8)  # several shards, so loaders and tasks have work to split
     with own_ray(address, include_dashboard=False):  # one instance for both splits; training starts its own
-        shard_split(src=inputs["train"], out=data, split="train", classes=inputs["classes"],
-                    shard_size=shard_size, seed=seed)
-        shard_split(src=inputs["val"], out=data, split="val", labels=inputs["labels"],
-                    shard_size=max(8, shard_size // 4), seed=seed)
+        shard_split(ShardOptions(src=inputs["train"], out=data, split="train", classes=inputs["classes"],
+                                 shard_size=shard_size, seed=seed))
+        shard_split(ShardOptions(src=inputs["val"], out=data, split="val", labels=inputs["labels"],
+                                 shard_size=max(8, shard_size // 4), seed=seed))
     timings["shard"] = time.monotonic() - started - sum(timings.values())
 
     _step(f"train: AlexNet at width {width}, up to {epochs} epochs, plateau schedule, checkpoints")

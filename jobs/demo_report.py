@@ -17,8 +17,8 @@ from pipeline.errors import UserError
 
 def write_report(out_dir: Path, run_dir: str, data: str, result: dict, timings: dict) -> dict:
     from pipeline.shard.manifest import read_manifest
-    from trainer import checkpoint as ckpt
     from trainer import figure3
+    from trainer.checkpoint import format as ckpt
     from trainer.report import plot_run, read_metrics
 
     manifest = read_manifest(data, "train")

@@ -16,8 +16,13 @@ DESCRIPTION = ("AlexNet (Krizhevsky et al. 2012) on ImageNet with Ray: shard the
                "run on a cluster.")
 
 
+def _command(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A command; its --help opens with its one-line help unless it has a description of its own."""
+    return sub.add_parser(name, help=help, **{"description": help, **kwargs})
+
+
 def _add_shard(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("shard", help="turn an ImageNet tree into WebDataset shards with Ray")
+    p = _command(sub, "shard", "turn an ImageNet tree into WebDataset shards with Ray")
     p.add_argument("src", help="ImageNet folder (class folders or flat val/), ILSVRC2012_img_train.tar, or URL")
     p.add_argument("out", help="output folder or object-store URL (s3://..., gs://...)")
     p.add_argument("--split", required=True, help="split name: train, val, ...")
@@ -42,7 +47,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--custom-split", action="store_true",
                    help="accept a --split name other than train and val (e.g. test)")
 
-    p = sub.add_parser("inspect", help="print what a sharded dataset holds")
+    p = _command(sub, "inspect", "print what a sharded dataset holds")
     p.add_argument("dataset", help="folder or URL written by `alexnet shard`")
     p.add_argument("--verify", action="store_true", help="re-check every shard's size and sha256")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -50,7 +55,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
 
 def _add_model(sub: argparse._SubParsersAction) -> None:
     """`alexnet summary` (trainer/model.py)."""
-    p = sub.add_parser("summary", help="the model layer by layer: output shape, parameters, device")
+    p = _command(sub, "summary", "the model layer by layer: output shape, parameters, device")
     p.add_argument("--variant", default="paper", choices=VARIANTS,
                    help="paper (default: LRN then pool), caffenet (pool then LRN), one-tower (no LRN, no groups)")
     p.add_argument("--input", type=int, default=224, help="input side in pixels: 224 (default) or 227")
@@ -76,7 +81,7 @@ class _ListConfig(argparse.Action):
 
 def _add_training(sub: argparse._SubParsersAction) -> None:
     """`alexnet train`, `alexnet eval`, `alexnet plot` (trainer/)."""
-    p = sub.add_parser("train", help="train AlexNet with Ray Train (paper defaults; see docs/training.md)",
+    p = _command(sub, "train", "train AlexNet with Ray Train (paper defaults; see docs/training.md)",
                        description="Train AlexNet with Ray Train. Settings are config keys (`--list-config` "
                        "lists them), from defaults, then --config FILE, then the flags below, then --set. "
                        "The same --name again continues the run from its last checkpoint.")
@@ -97,7 +102,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-config", action=_ListConfig,
                    help="list every config key with its default and allowed values, and exit")
 
-    p = sub.add_parser("eval", help="top-1 / top-5 error of a checkpoint, centre crop or ten crops")
+    p = _command(sub, "eval", "top-1 / top-5 error of a checkpoint, centre crop or ten crops")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt, a checkpoint folder, or a run folder "
                    "(its best checkpoint); local or URL")
     p.add_argument("--data", required=True, help="dataset folder or URL with the split to score")
@@ -106,27 +111,27 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("plot", help="PNG plots of a run: loss and error with the lr reductions marked, and the "
-                       "paper's Figure 3 (conv1 kernels per tower) with each tower's colour specificity")
+    p = _command(sub, "plot", "PNG plots of a run: loss and error with the lr reductions marked, and the "
+                 "paper's Figure 3 (conv1 kernels per tower) with each tower's colour specificity")
     p.add_argument("run", help="run folder (STORAGE/NAME), local or URL")
 
 
 def _add_in_use(sub: argparse._SubParsersAction) -> None:
     """`alexnet predict`, `alexnet export`, `alexnet neighbours`."""
     checkpoint_help = "checkpoint.pt, a checkpoint folder, or a run folder (its best checkpoint); local or URL"
-    p = sub.add_parser("predict", help="the top-5 classes of images, prepared as the sharder and eval prepare theirs")
+    p = _command(sub, "predict", "the top-5 classes of images, prepared as the sharder and eval prepare theirs")
     p.add_argument("checkpoint", help=checkpoint_help)
     p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|URL", help="image files, folders of them, "
                    "object-store or http(s) URLs")
     p.add_argument("--ten-crop", action="store_true", help="the paper's ten patches, softmax averaged")
     p.add_argument("--json", action="store_true", help="print one JSON object (top-5 and logits per image)")
 
-    p = sub.add_parser("export", help="a folder that runs the network without this project: "
+    p = _command(sub, "export", "a folder that runs the network without this project: "
                        "weights, classes, preprocessing, torch.export program")
     p.add_argument("checkpoint", help=checkpoint_help)
     p.add_argument("out", help="output folder (created; must not hold an export already)")
 
-    p = sub.add_parser("neighbours", help="the paper's Figure 4: fc7 features of every training image "
+    p = _command(sub, "neighbours", "the paper's Figure 4: fc7 features of every training image "
                        "(Ray tasks), the 6 nearest to validation queries, figure4.png/json")
     p.add_argument("checkpoint", help=checkpoint_help)
     p.add_argument("--data", required=True, help="dataset folder or URL with train and val splits")
@@ -143,7 +148,7 @@ def _add_in_use(sub: argparse._SubParsersAction) -> None:
 def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     """`alexnet submit`, `alexnet jobs`, `alexnet demo` (jobs/)."""
     address_help = "the cluster's dashboard URL, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)"
-    p = sub.add_parser("submit", help="run shard / train / eval / neighbours as a Ray job on a cluster",
+    p = _command(sub, "submit", "run shard / train / eval / neighbours as a Ray job on a cluster",
                        description="Upload this project and run `alexnet COMMAND ARGS` as a Ray job. "
                        "Token auth: set RAY_AUTH_TOKEN. Exit status: 0 succeeded, the job's exit status "
                        "when it failed, 3 when it was stopped.")
@@ -154,7 +159,7 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- shard|train|eval|neighbours ARGS",
                    help="the command the job runs, as you would give it to `alexnet`")
 
-    p = sub.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
+    p = _command(sub, "jobs", "list, inspect, follow or stop submitted jobs")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in [("list", "every job on the cluster"),
                          ("status", "one job's state (exit status 1 when it failed or was stopped)"),
@@ -166,7 +171,7 @@ def _add_cluster_jobs(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--follow", action="store_true", help="stream until the job ends")
         q.add_argument("--address", help=address_help)
 
-    p = sub.add_parser("demo", help="the whole system on one machine: data, shards, training, ten-crop eval, report",
+    p = _command(sub, "demo", "the whole system on one machine: data, shards, training, ten-crop eval, report",
                        description="Generate (or take) a small ImageNet-shaped dataset, shard it with Ray, train a "
                        "reduced-width AlexNet with the plateau schedule, evaluate with ten crops, and write "
                        "report.md / report.json into --out. Defaults: about 4 minutes on 2 idle CPU cores.")
@@ -206,8 +211,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(sub)
     _add_in_use(sub)
     _add_cluster_jobs(sub)
-    for name, command in sub.choices.items():  # a command's --help opens with its one-line help
-        if command.description is None:
-            command.description = next(a.help for a in sub._choices_actions if a.dest == name)
     return parser
 

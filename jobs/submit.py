@@ -101,8 +101,13 @@ def _check_head_alive(client) -> None:
 
 
 def _check_arguments(command_args: list[str]) -> None:
-    """Parse the job's arguments here first: a typo fails in a second, not after an upload."""
-    build_parser().parse_args(command_args)
+    """Parse the job's arguments here first: a typo fails in a second, not after an upload; a shard
+    job's values are checked as `alexnet shard` checks them before it reads anything."""
+    args = build_parser().parse_args(command_args)
+    if args.command == "shard":
+        from pipeline.shard.options import ShardOptions
+
+        ShardOptions.from_args(args).check()
 
 
 def _check_ray_version(client) -> None:

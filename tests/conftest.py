@@ -7,7 +7,7 @@ The code under test is this checkout, whatever else is installed: the environmen
 (or a PYTHONPATH left over) may point at another checkout, and the `alexnet` console script and every
 Ray process would then run that other code while the test process imports this one. So before
 anything starts, this checkout goes first on sys.path and in PYTHONPATH, which the CLI subprocesses
-and the session's Ray head (hence its workers) inherit (tests/test_harness.py checks it). A Ray driver's
+and the session's Ray head (hence its workers) inherit (tests/integration/test_harness.py checks it). A Ray driver's
 working directory goes on its workers' sys.path ahead of PYTHONPATH, so a session started from inside
 another checkout is refused.
 """
@@ -87,9 +87,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
 
 @pytest.fixture(scope="session")
 def sample_images() -> Path:
-    """The suite's real photographs as a folder of `<synset>_<photo>.JPEG` (tests/photos.py): present in
+    """The suite's real photographs as a folder of `<synset>_<photo>.JPEG` (tests/helpers/photos.py): present in
     any clone, so the tests that use them run everywhere."""
-    from photos import sample_folder
+    from helpers.photos import sample_folder
 
     return sample_folder()
 
@@ -257,7 +257,7 @@ def sharded_dataset(ray_head, sample_images, tmp_path_factory) -> str:
     """A dataset folder: `train` = all 317 sample photographs as one-image classes (shard size 40: 8 shards,
     the last short); `val` = 60 flipped/cropped re-encodings of every 5th image, a flat folder with a
     `file,synset` CSV (shard size 16: 4 shards, the last short). Class indices = sorted synsets."""
-    from imagenet_trees import class_tree, flat_val, sample_files
+    from helpers.imagenet_trees import class_tree, flat_val, sample_files
 
     root = tmp_path_factory.mktemp("sharded_dataset")
     images = sample_files()
@@ -275,7 +275,7 @@ def small_dataset(ray_head, sample_images, tmp_path_factory) -> str:
     """A small dataset for fast training tests: 10 classes (every 31st sample photograph); `train` = 12 crops/
     flips/re-encodings per class (120 samples, shard size 16), `val` = 4 other variants per class
     (40 samples, shard size 8), flat folder with a CSV."""
-    from imagenet_trees import class_tree, flat_val, sample_files
+    from helpers.imagenet_trees import class_tree, flat_val, sample_files
 
     root = tmp_path_factory.mktemp("small_dataset")
     images = sample_files()[::31][:10]

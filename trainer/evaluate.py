@@ -53,7 +53,7 @@ def eval_crops(image: np.ndarray, crop: int, ten: bool) -> np.ndarray:
 def load_model(checkpoint: str, devices: tuple[str, str] | None = None) -> tuple[torch.nn.Module, dict]:
     """A checkpoint (file, checkpoint folder or run folder; local or URL), read safely, as an eval-mode
     model on `devices` (default: the GPUs present, else the CPU) and the checkpoint's state."""
-    from trainer import checkpoint as ckpt
+    from trainer.checkpoint import format as ckpt
 
     state = ckpt.load(checkpoint)
     return build_model(state, devices), state
@@ -111,7 +111,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, *, ten_crop: bool = False, a
     from pipeline.loader.augment import BatchTransform
     from pipeline.loader.loaders import EvalLoader
     from pipeline.shard.manifest import read_manifest
-    from trainer import checkpoint as ckpt
+    from trainer.checkpoint import format as ckpt
     from trainer.model import default_devices
 
     scored = ckpt.resolve_location(checkpoint)  # a run folder means its best copy: say which file is scored

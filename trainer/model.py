@@ -7,7 +7,7 @@ Cross-device traffic happens exactly where the paper's towers talk: conv3, fc6 a
 towers' outputs, and fc8 (on device 0) reads both fc7s. Besides that, the input batch is copied to
 device 1 once, as the paper fed every image to both GPUs.
 
-Conventions (README "## Model"):
+Conventions (docs/model.md, "Conventions chosen"):
 - LRN uses the paper's formula as written, b = a / (k + alpha * sum_{n maps} a^2)^beta with k=2, n=5,
   alpha=1e-4, beta=0.75, i.e. alpha is per square. PyTorch's LocalResponseNorm divides alpha by n,
   so it gets alpha * n = 5e-4. It runs within each tower's own maps, in float32 even under autocast.
@@ -161,8 +161,8 @@ def _check_devices(devices: Sequence[str | torch.device]) -> tuple[torch.device,
 class AlexNet(nn.Module):
     """The paper's network (or a named variant), `width` times as wide, with `num_classes` outputs.
 
-    Variants: "paper" (LRN then pool), "caffenet" (pool then LRN, as CaffeNet and the seed's summary
-    table have it), "one-tower" (the seed's Keras snippet: one column, no LRN, no groups; devices[0]).
+    Variants: "paper" (LRN then pool), "caffenet" (pool then LRN, as CaffeNet has it),
+    "one-tower" (the single-column form of many re-implementations: one column, no LRN, no groups; devices[0]).
     `width` scales every conv and hidden fc width (0.25 gives a small, fast test model).
     """
 
@@ -201,7 +201,7 @@ class AlexNet(nn.Module):
         0.01 / sqrt(width) after it, the same as "paper" at width 1. Every layer after conv1 has a
         fan-in proportional to `width`, so the paper's std at width 0.25 halves each layer's gain
         (std x sqrt(fan-in)); over conv2..fc7 the image signal shrinks ~64x against the constant
-        biases, and a narrow model's loss sits at ln(classes) (README "## Model", Init).
+        biases, and a narrow model's loss sits at ln(classes) (docs/model.md, "Init").
         """
         later_std = PAPER_STD / math.sqrt(self.width) if init == "scaled" else PAPER_STD
         for name, module in self.named_modules():

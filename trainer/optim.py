@@ -6,7 +6,7 @@
 The learning rate sits inside the velocity. `torch.optim.SGD` keeps `buf <- momentum * buf + grad +
 wd * w; w <- w - lr * buf` instead: the same at a constant lr, but right after an lr change PyTorch
 rescales every past step by the new lr, while the paper's velocity keeps the old lr's steps
-(REFERENCE.md spot check, grad 1, lr 0.1 then 0.01: paper w2 = -0.2, PyTorch -0.119).
+(docs/reference.md spot check, grad 1, lr 0.1 then 0.01: paper w2 = -0.2, PyTorch -0.119).
 
 Biases: weight decay applies to every parameter of a group. The trainer puts biases in a group with
 weight_decay=0 by default (cuda-convnet's layer files gave a weight cost to weights only); the

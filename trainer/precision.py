@@ -32,7 +32,6 @@ import contextlib
 import os
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.errors import UserError
 
@@ -86,21 +85,6 @@ def precision_text(name: str) -> str:
     return f"precision {name} (autocast{scaler}; LRN and loss in fp32)"
 
 
-def train_step(replica: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
-               images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on one batch; returns the (float32) loss and the logits. In fp32 this is
-    exactly forward, cross-entropy, zero_grad, backward, step: a disabled scaler passes through."""
-    with precision.autocast():
-        logits = replica(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler = precision.scaler
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)  # fp16: unscales the gradients first, skips the step on inf/nan
-    scaler.update()
-    return loss, logits
-
-
 def deterministic_in_force(deterministic: str, device: torch.device) -> bool:
     if deterministic not in DETERMINISTIC:
         raise UserError(f"deterministic={deterministic!r}: must be one of {', '.join(DETERMINISTIC)}")
@@ -135,7 +119,6 @@ def compile_model(model: torch.nn.Module, backend: str | None = None) -> torch.n
     state_dict as with inductor, without inductor's minutes of C++ on two cores)."""
     model.compile(backend=backend or os.environ.get("ALEXNET_DEBUG_COMPILE_BACKEND", "inductor"))
     return model
-
 
 
 def plan_text(precision: str, deterministic: str, compiled: bool, gpu: bool) -> str:

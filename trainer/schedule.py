@@ -13,12 +13,21 @@ lr linearly from `start` x the target to the target over the first `warmup_epoch
 steps (a fraction of an epoch counts), and the plateau count starts once the warmup is over: an epoch
 that ends within the warmup never counts as one without improvement. The target is the schedule's lr,
 so with `scale_lr` it follows the replica count, after an elastic resize too.
+
+Every lr rule of a run lives here: the plateau schedule, the warmup ramp, the lr of each step
+(`set_step_lr`), the lr after an elastic resize (`lr_after_resize`) and LARS's trust coefficient
+(`trust_coefficient`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from trainer.config import TrainConfig
 
 Decision = Literal["continue", "reduce", "stop"]
 
@@ -84,3 +93,26 @@ def warmup_factor(epochs_done: float, warmup_epochs: float, start: float) -> flo
     if epochs_done >= warmup_epochs:
         return 1.0
     return start + (1.0 - start) * epochs_done / warmup_epochs
+
+
+def trust_coefficient(config: TrainConfig) -> float:
+    """LARS's eta for the weights' group, 0 (the plain paper update) unless optimizer=lars."""
+    return config.lars_coefficient if config.optimizer == "lars" else 0.0
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, config: TrainConfig,
+                epochs_done: float) -> None:
+    """The lr of the next step: the schedule's, times the warmup's ramp while it lasts. Computed from
+    the run's counters (epoch, batch of the epoch), which the checkpoint holds: a resume mid-warmup
+    continues the ramp exactly, and after a resize the ramp's target is the new replica count's lr."""
+    lr = schedule.lr * warmup_factor(epochs_done, config.warmup_epochs, config.warmup_start)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
+    """With `scale_lr` the lr follows the replica count, the schedule's reductions so far kept; else it
+    stays where the schedule left it."""
+    if not config.scale_lr:
+        return schedule.lr
+    return config.lr_for(world) * schedule.factor ** len(schedule.reductions)

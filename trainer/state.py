@@ -22,7 +22,6 @@ its `resize` function (trainer/loop.py's module docstring says what an elastic r
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +34,15 @@ from pipeline.loader.deals import batches_done
 from pipeline.loader.loaders import TrainLoader
 from pipeline.shard.manifest import read_manifest
 from pipeline.shard.stats import read_stats
-from trainer import checkpoint as ckpt
 from trainer.audit import EpochAudit
+from trainer.checkpoint import format as ckpt
 from trainer.config import TrainConfig
 from trainer.model import AlexNet
 from trainer.optim import PaperSGD, param_groups
 from trainer.precision import Precision, compile_model
 from trainer.ranks import gather
-from trainer.schedule import PlateauSchedule, warmup_factor
+from trainer.rng import capture_rng, restore_rng, seed_all
+from trainer.schedule import PlateauSchedule, lr_after_resize, trust_coefficient
 
 # Written into every checkpoint for its readers (evaluation, reports, the resume decision) and not
 # restored: the config comes from the command line, the data's facts from the data, the position in
@@ -109,8 +109,8 @@ class RunState:
         self.track_attribute("step")
         self.track_attribute("history", copy=list)
         self.track_per_rank("loader", self.loader.state_dict, self.loader.load_state_dict, self._resize_loader)
-        self.track_per_rank("rng", lambda: ckpt.capture_rng(self.generator),
-                            lambda state: ckpt.restore_rng(state, self.generator), self._reseed)
+        self.track_per_rank("rng", lambda: capture_rng(self.generator),
+                            lambda state: restore_rng(state, self.generator), self._reseed)
         self.track_per_rank("train_totals", lambda: self.train_totals.cpu(), self._load_totals, self._join_totals)
         self.track_per_rank("audit", self.audit.state_dict, self.audit.load_state_dict, self._close_audits,
                             optional=True)
@@ -192,9 +192,9 @@ class RunState:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def set_step_lr(self, batches_per_epoch: int) -> None:
-        """Before each step: the schedule's lr, ramped while the warmup lasts (set_step_lr)."""
-        set_step_lr(self.optimizer, self.schedule, self.config, self.epoch + self.epoch_step / batches_per_epoch)
+    def epochs_done(self, batches_per_epoch: int) -> float:
+        """Epochs trained so far, the one in progress counted by its batches: what the warmup ramps by."""
+        return self.epoch + self.epoch_step / batches_per_epoch
 
     def _load_totals(self, totals: torch.Tensor) -> None:
         self.train_totals = totals.to(self.device)
@@ -215,34 +215,3 @@ class RunState:
     def _join_totals(self, old: list[torch.Tensor]) -> None:
         if self.rank == 0:  # the old ranks' loss totals join rank 0's, as their audits did
             self.train_totals = torch.stack(old).sum(0).to(self.device)
-
-
-def trust_coefficient(config: TrainConfig) -> float:
-    """LARS's eta for the weights' group, 0 (the plain paper update) unless optimizer=lars."""
-    return config.lars_coefficient if config.optimizer == "lars" else 0.0
-
-
-def set_step_lr(optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, config: TrainConfig,
-                epochs_done: float) -> None:
-    """The lr of the next step: the schedule's, times the warmup's ramp while it lasts. Computed from
-    the run's counters (epoch, batch of the epoch), which the checkpoint holds: a resume mid-warmup
-    continues the ramp exactly, and after a resize the ramp's target is the new replica count's lr."""
-    lr = schedule.lr * warmup_factor(epochs_done, config.warmup_epochs, config.warmup_start)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def lr_after_resize(config: TrainConfig, world: int, schedule: PlateauSchedule) -> float:
-    """With `scale_lr` the lr follows the replica count, the schedule's reductions so far kept; else it
-    stays where the schedule left it."""
-    if not config.scale_lr:
-        return schedule.lr
-    return config.lr_for(world) * schedule.factor ** len(schedule.reductions)
-
-
-def seed_all(seed: int, generator: torch.Generator | None = None) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if generator is not None:
-        generator.manual_seed(seed)

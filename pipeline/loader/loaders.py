@@ -13,8 +13,10 @@ number of batches on every rank: pipeline/loader/plan.py. What a worker does: pi
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,14 +25,45 @@ from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.loader.index import SampleIndex
 from pipeline.loader.deals import Deal, close, from_state, to_state
-from pipeline.loader.plan import batch_sizes, deal_size, rank_batch_positions, rank_span
+from pipeline.loader.plan import EpochShare, batch_sizes, deal_size, rank_batch_positions, rank_span
 from pipeline.loader.layout import BatchLayout
 from pipeline.loader.pool import BatchPool, pinned_copy
 from pipeline.loader.stream import EpochSpec, EpochStream, batch_layout
 from pipeline.loader.tar_reader import ShardReadError
 from pipeline.shard.manifest import read_manifest
 
-__all__ = ["TrainLoader", "EvalLoader", "ShardReadError"]
+__all__ = ["TrainLoader", "EvalLoader", "LoaderOptions", "ShardReadError"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderOptions:
+    """How a loader reads a split: which rank's share, in which order, with how many worker processes.
+    Either loader takes these as keywords (`TrainLoader(data, 128, rank=1, num_workers=6)`) or as one
+    object (`TrainLoader(data, 128, options)`); EvalLoader takes the ones an evaluation has."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0
+    num_workers: int = 2
+    crop: int = 224
+    split: str = "train"
+    shuffle_window: int = 1000
+    skip_bad_samples: bool = False
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    multiprocessing_context: str | None = None
+    verify_checksums: bool = True
+
+
+def _options(loader: str, options: LoaderOptions | None, settings: dict, base: LoaderOptions,
+             allowed: frozenset[str]) -> LoaderOptions:
+    """`options` (or `base`) with the keyword `settings` on top; a keyword the loader does not take is
+    the TypeError a misspelt argument always was."""
+    for name in settings:
+        if name not in allowed:
+            raise TypeError(f"{loader}() got an unexpected keyword argument {name!r}")
+    return dataclasses.replace(options or base, **settings)
 
 
 class _ShardLoader:
@@ -38,10 +71,10 @@ class _ShardLoader:
 
     _mode = "train"
 
-    def __init__(self, dataset: str, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
-                 num_workers: int, crop: int, split: str, shuffle_window: int, skip_bad_samples: bool,
-                 pin_memory: bool, prefetch_factor: int, multiprocessing_context: str | None,
-                 verify_checksums: bool):
+    def __init__(self, dataset: str, batch_size: int, options: LoaderOptions):
+        rank, world_size, seed, epoch = options.rank, options.world_size, options.seed, options.epoch
+        num_workers, crop, split = options.num_workers, options.crop, options.split
+        shuffle_window = options.shuffle_window
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
                             f"rank={rank}, world_size={world_size}")
@@ -55,12 +88,12 @@ class _ShardLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.epoch, self.crop = seed, epoch, crop
         self.num_workers, self.shuffle_window = num_workers, shuffle_window
-        self.skip_bad_samples, self.pin_memory, self.prefetch_factor = skip_bad_samples, pin_memory, prefetch_factor
-        self.multiprocessing_context = multiprocessing_context
+        self.skip_bad_samples, self.pin_memory = options.skip_bad_samples, options.pin_memory
+        self.prefetch_factor, self.multiprocessing_context = options.prefetch_factor, options.multiprocessing_context
         self.shards = tuple((s["name"], int(s["samples"])) for s in self.manifest["shards"])
         self.total_samples = sum(n for _, n in self.shards)
         self.index = SampleIndex.read(self.dataset, split, self.shards, int(self.manifest["num_classes"]),
-                                      verify_checksums)
+                                      options.verify_checksums)
         self.batches = 0  # batches of the current epoch's current deal handed to the caller
         self.deals: tuple[Deal, ...] = ()  # the epoch's closed deals (pipeline/loader/deals.py)
         self._deal_size: tuple[tuple, int] | None = None  # ((epoch, deals), positions the current deal shares)
@@ -92,10 +125,11 @@ class _ShardLoader:
         if start >= len(self):
             return
         self._check_shards_present()
-        spec = EpochSpec(self.dataset, self.shards, int(self.manifest["num_classes"]), self._mode, self.crop,
-                         self.image_size, self.seed, self.epoch, self.rank, self.world_size, self.batch_size,
-                         max(self.num_workers, 1), self.shuffle_window, start, self.skip_bad_samples, self.index,
-                         self.deals)
+        spec = EpochSpec(dataset=self.dataset, shards=self.shards, num_classes=int(self.manifest["num_classes"]),
+                         mode=self._mode, crop=self.crop, image_size=self.image_size, seed=self.seed,
+                         epoch=self.epoch, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+                         num_workers=max(self.num_workers, 1), window=self.shuffle_window, resume_batches=start,
+                         skip_bad=self.skip_bad_samples, index=self.index, deals=self.deals)
         pool = self._open_pool(batch_layout(spec))
         # A private generator: starting a pass then never draws from the global torch RNG (which dropout
         # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
@@ -110,7 +144,7 @@ class _ShardLoader:
         finally:
             self._running = False
             if pool is not None:  # join the workers now, not when the iterator is collected: the slots
-                items._shutdown_workers()  # they took for batches never received are then free again
+                join_workers(items)  # they took for batches never received are then free again
                 pool.end_pass()
         if self.batches != len(self):
             raise RuntimeError(f"loader yielded {self.batches} of {len(self)} batches (a bug: please report)")
@@ -190,19 +224,14 @@ class TrainLoader(_ShardLoader):
 
     _mode = "train"
 
-    def __init__(self, dataset: str, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 epoch: int = 0, num_workers: int = 2, crop: int = 224, split: str = "train",
-                 shuffle_window: int = 1000, skip_bad_samples: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int = 2, multiprocessing_context: str | None = None,
-                 verify_checksums: bool = True):
-        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed, epoch=epoch,
-                         num_workers=num_workers, crop=crop, split=split, shuffle_window=shuffle_window,
-                         skip_bad_samples=skip_bad_samples, pin_memory=pin_memory,
-                         prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
-                         verify_checksums=verify_checksums)
+    _TAKES = frozenset(field.name for field in dataclasses.fields(LoaderOptions))
+
+    def __init__(self, dataset: str, batch_size: int, options: LoaderOptions | None = None, **settings):
+        super().__init__(dataset, batch_size, _options("TrainLoader", options, settings, LoaderOptions(),
+                                                       self._TAKES))
         if len(self) == 0:
-            raise UserError(f"{self.dataset} {split}: {self.total_samples} samples are fewer than one batch per "
-                            f"rank (world_size {world_size} x batch_size {batch_size})")
+            raise UserError(f"{self.dataset} {self.split}: {self.total_samples} samples are fewer than one batch "
+                            f"per rank (world_size {self.world_size} x batch_size {batch_size})")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields; a resumed position in that same epoch is kept."""
@@ -237,10 +266,9 @@ class TrainLoader(_ShardLoader):
     def batch_positions(self) -> list:
         """Epoch positions of the samples in each of this rank's batches of the current deal, by batch
         number (numpy int arrays): what an audit of the epoch marks as trained."""
-        return rank_batch_positions([n for _, n in self.shards], seed=self.seed, epoch=self.epoch, rank=self.rank,
-                                    world_size=self.world_size, batch_size=self.batch_size,
-                                    num_workers=max(self.num_workers, 1), window=self.shuffle_window,
-                                    deals=self.deals)
+        return rank_batch_positions([n for _, n in self.shards], EpochShare(
+            seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+            num_workers=max(self.num_workers, 1), window=self.shuffle_window, deals=self.deals))
 
 
 class EvalLoader(_ShardLoader):
@@ -249,12 +277,20 @@ class EvalLoader(_ShardLoader):
     crop, uint8 [B, 3, crop, crop], or with `ten_crop` uint8 [B, 10, 3, crop, crop] in
     augment.TEN_CROP_CORNERS order then mirrored (average the softmax over dim 1); labels int64 [B]."""
 
-    def __init__(self, dataset: str, batch_size: int, *, ten_crop: bool = False, rank: int = 0,
-                 world_size: int = 1, split: str = "val", crop: int = 224, num_workers: int = 2,
-                 pin_memory: bool = False, prefetch_factor: int = 2, multiprocessing_context: str | None = None,
-                 verify_checksums: bool = True):
+    # in shard order, every sample once: no seed, epoch, shuffle or skipping to choose
+    _TAKES = frozenset({"rank", "world_size", "split", "crop", "num_workers", "pin_memory", "prefetch_factor",
+                        "multiprocessing_context", "verify_checksums"})
+
+    def __init__(self, dataset: str, batch_size: int, options: LoaderOptions | None = None, *,
+                 ten_crop: bool = False, **settings):
         self._mode = "ten_crop" if ten_crop else "centre"
-        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=0, epoch=0,
-                         num_workers=num_workers, crop=crop, split=split, shuffle_window=0,
-                         skip_bad_samples=False, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
-                         multiprocessing_context=multiprocessing_context, verify_checksums=verify_checksums)
+        options = _options("EvalLoader", options, settings, LoaderOptions(split="val"), self._TAKES)
+        super().__init__(dataset, batch_size, dataclasses.replace(options, seed=0, epoch=0, shuffle_window=0,
+                                                                  skip_bad_samples=False))
+
+
+def join_workers(items: Iterator) -> None:
+    """Stop and join the worker processes of a DataLoader iterator now. torch has no public call for it
+    (the iterator joins them when collected); `_shutdown_workers` is its private one in torch 2.13
+    (tests/unit/test_private_apis.py fails, naming the torch version, where it is gone)."""
+    items._shutdown_workers()

@@ -39,6 +39,20 @@ from pipeline.loader.deals import Deal
 _ORDER, _AUGMENT = 1, 2  # independent random streams per (seed, epoch, rank, worker[, deal])
 
 
+@dataclass(frozen=True, kw_only=True)
+class EpochShare:
+    """What decides which of an epoch's samples a rank reads, and in which order: a rank's share."""
+
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    batch_size: int
+    num_workers: int  # >= 1: the number of blocks the rank's share is cut into
+    window: int  # the shuffle window
+    deals: Sequence[Deal] = ()  # the epoch's closed deals (pipeline/loader/deals.py): non-empty after a resize
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     pieces: list[tuple[int, int, int]]  # (shard number in the manifest, first position, stop), in reading order
@@ -84,10 +98,11 @@ def deal_size(total: int, deals: Sequence[Deal], *, seed: int, epoch: int, windo
     return len(undealt(total, deals, seed=seed, epoch=epoch, window=window)) if deals else total
 
 
-def worker_plan(shard_samples: list[int], *, seed: int, epoch: int, rank: int, world_size: int,
-                batch_size: int, num_workers: int, worker: int, drop_last: bool, shuffle: bool,
-                window: int, deals: Sequence[Deal] = ()) -> WorkerPlan:
+def worker_plan(shard_samples: list[int], share: EpochShare, *, worker: int, drop_last: bool,
+                shuffle: bool) -> WorkerPlan:
     """Everything one loader worker needs to know about its share of the epoch's current deal."""
+    seed, epoch, rank, world_size = share.seed, share.epoch, share.rank, share.world_size
+    batch_size, num_workers, window, deals = share.batch_size, share.num_workers, share.window, share.deals
     total = sum(shard_samples)
     remaining = undealt(total, deals, seed=seed, epoch=epoch, window=window) if deals else None
     first, count, batch_ids, sizes = _block(total if remaining is None else len(remaining), batch_size, rank,
@@ -111,16 +126,12 @@ def worker_plan(shard_samples: list[int], *, seed: int, epoch: int, rank: int, w
     return WorkerPlan(pieces, batch_ids, sizes, order, draws, first, reads)
 
 
-def rank_batch_positions(shard_samples: list[int], *, seed: int, epoch: int, rank: int, world_size: int,
-                         batch_size: int, num_workers: int, window: int,
-                         deals: Sequence[Deal] = ()) -> list[np.ndarray]:
+def rank_batch_positions(shard_samples: list[int], share: EpochShare) -> list[np.ndarray]:
     """The epoch positions of each of the rank's training batches in the current deal, by batch number
     (what the training loop marks in its audit of the epoch)."""
     batches: dict[int, np.ndarray] = {}
-    for worker in range(num_workers):
-        plan = worker_plan(shard_samples, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                           batch_size=batch_size, num_workers=num_workers, worker=worker, drop_last=True,
-                           shuffle=True, window=window, deals=deals)
+    for worker in range(share.num_workers):
+        plan = worker_plan(shard_samples, share, worker=worker, drop_last=True, shuffle=True)
         positions = plan.first + plan.order
         ends = np.cumsum(plan.batch_sizes)
         for batch_id, end, size in zip(plan.batch_ids, ends, plan.batch_sizes):

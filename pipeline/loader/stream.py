@@ -27,11 +27,11 @@ from pipeline import storage
 from pipeline.loader.augment import crop_origin, mirror, ten_crop
 from pipeline.loader.index import SampleIndex
 from pipeline.loader.layout import BatchLayout
-from pipeline.loader.plan import WorkerPlan, worker_plan
+from pipeline.loader.plan import EpochShare, WorkerPlan, worker_plan
 from pipeline.loader.pool import BatchPool
 from pipeline.loader.tar_reader import STREAM_BUFFER, ShardReadError, iter_samples, map_file
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochSpec:
     """Everything a worker needs (pickled into each worker process)."""
     dataset: str
@@ -52,6 +52,12 @@ class EpochSpec:
     index: SampleIndex  # each position's key, label and image checksum: every sample is checked against it
     deals: tuple = ()  # the epoch's closed deals (pipeline/loader/deals.py): non-empty after a resize
 
+    def share(self) -> EpochShare:
+        """The rank's share of the epoch this spec reads (pipeline/loader/plan.py)."""
+        return EpochShare(seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                          batch_size=self.batch_size, num_workers=self.num_workers, window=self.window,
+                          deals=self.deals)
+
 
 class EpochStream(IterableDataset):
     def __init__(self, spec: EpochSpec, pool: BatchPool | None = None):
@@ -62,10 +68,7 @@ class EpochStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         train = spec.mode == "train"
-        plan = worker_plan([n for _, n in spec.shards], seed=spec.seed, epoch=spec.epoch, rank=spec.rank,
-                           world_size=spec.world_size, batch_size=spec.batch_size,
-                           num_workers=spec.num_workers, worker=worker, drop_last=train, shuffle=train,
-                           window=spec.window, deals=spec.deals)
+        plan = worker_plan([n for _, n in spec.shards], spec.share(), worker=worker, drop_last=train, shuffle=train)
         try:
             yield from _batches(spec, plan, self.pool if info is not None else None, worker)
         except ShardReadError as error:
@@ -105,7 +108,7 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
                 if wanted[got]:
                     pending[got] = item
             try:
-                labels[i] = _decode_into(spec, *pending.pop(ordinal), draws[slot], target, i, images[i])
+                labels[i] = _decode_into(spec, pending.pop(ordinal), draws[slot], target, i, images[i])
             except ShardReadError as error:
                 if not spec.skip_bad:
                     raise
@@ -194,11 +197,11 @@ def _open_shard(where: str) -> AbstractContextManager:
     return storage.open_input(where) if storage.is_url(where) else nullcontext(map_file(where))
 
 
-def _decode_into(spec: EpochSpec, where: str, key: str | None, jpg, label: int | None, error: str | None,
-                 draws: list[float], target: tuple[BatchLayout, np.ndarray, np.ndarray], index: int,
-                 out: np.ndarray) -> int:
-    """Decode sample `index` of the batch (checked against the index by `_read_pieces`) into `out` (its
-    HWC view of the batch); returns the label."""
+def _decode_into(spec: EpochSpec, sample: tuple, draws: list[float],
+                 target: tuple[BatchLayout, np.ndarray, np.ndarray], index: int, out: np.ndarray) -> int:
+    """Decode sample `index` of the batch (checked against the index by `_read_pieces`: where, key, JPEG
+    bytes, label, error) into `out` (its HWC view of the batch); returns the label."""
+    where, key, jpg, label, error = sample
     if error is not None:
         raise ShardReadError(error)
     layout, buffer, scratch = target

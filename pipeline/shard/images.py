@@ -5,7 +5,7 @@ The fast path is libjpeg-turbo through simplejpeg: a JPEG is decoded with DCT-do
 1/2, 1/4 or 1/8 (`min_height` / `min_width`), so a 2400x1600 photo costs roughly what a 600x400 one
 does; that leaves a residual scale in (1/2, 1], done on the centre square only with OpenCV: a Gaussian
 prefilter and bilinear sampling (together the spread of Pillow's antialiased bilinear triangle),
-about 4x cheaper than Pillow's resize and as close to a Lanczos reference (tests/test_images.py). Everything
+about 4x cheaper than Pillow's resize and as close to a Lanczos reference (tests/integration/test_images.py). Everything
 libjpeg-turbo will not take cleanly (CMYK, PNG or GIF under a .JPEG name, palette or alpha images,
 JPEGs with warnings) goes through Pillow, which either decodes it fully or tells us why it cannot.
 Pixel values are uint8 RGB, 0-255, HWC. Benchmarks: benchmarks/bench_shard.py.
@@ -54,7 +54,7 @@ def decode_for_size(data: bytes, size: int, fast_chroma: bool = False) -> tuple[
     upsampler) instead of interpolating it: ~20% of the decode, the largest single cost of a shard
     task. For a 4:2:0 output, whose encoder halves the chroma again, it makes no measurable difference:
     the mean error against a full-resolution Lanczos reference is the same to 0.01 of a level (3.39;
-    tests/test_images.py), while a 4:4:4 output would lose 0.015; so only 4:2:0 outputs use it."""
+    tests/integration/test_images.py), while a 4:4:4 output would lose 0.015; so only 4:2:0 outputs use it."""
     return _decode(data, size, fast_chroma)[:3]
 
 

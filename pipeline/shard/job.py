@@ -11,6 +11,7 @@ output is refused unless --overwrite.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,27 +28,26 @@ from pipeline.shard.progress import Progress, converted_text, plural
 from pipeline.shard.manifest import (FORMAT_VERSION, check_writable, clear_progress, clear_split, manifest_location,
                              plan_shards, progress_location, read_manifest, rows_table, stale_temporaries,
                              write_index, write_manifest, write_shard)
+from pipeline.shard.options import ShardOptions
 from pipeline.shard.sources import Input, Scan, find_inputs
 from pipeline.shard.stats import add_moments, empty_moments, stats_from_moments, write_stats
 
 TRAIN = "train"
-SPLITS = ("train", "val")  # other names with custom_split=True (--custom-split)
 
 
-def shard_split(*, src: str, out: str, split: str, labels: str | None = None, synset_map: str | None = None,
-                classes: str | None = None, shard_size: int = 1000, seed: int = 0, size: int = 256,
-                quality: int = 95, chroma: str = "420", address: str | None = None, max_in_flight: int | None = None,
-                max_skip_fraction: float = 0.01, overwrite: bool = False, limit: int | None = None,
-                custom_split: bool = False) -> int:
+def shard_split(options: ShardOptions) -> int:
     """Shard one split; returns the exit status (0: split finished, manifest written)."""
-    _check_flags(split, shard_size, size, quality, max_skip_fraction, max_in_flight, custom_split)
+    options.check()
     # Ray tasks run in another working directory: relative paths are this command's, fixed here
-    src, out = storage.absolute(src), storage.absolute(out)
-    labels, synset_map, classes = (storage.absolute(p) if p else p for p in (labels, synset_map, classes))
-    if chroma not in CHROMA_SUBSAMPLING:
-        raise UserError(f"--chroma {chroma}: use one of {', '.join(CHROMA_SUBSAMPLING)}")
+    options = dataclasses.replace(options, src=storage.absolute(options.src), out=storage.absolute(options.out),
+                                  **{name: storage.absolute(getattr(options, name))
+                                     for name in ("labels", "synset_map", "classes") if getattr(options, name)})
+    src, out, split, labels, classes = options.src, options.out, options.split, options.labels, options.classes
+    seed, shard_size, limit = options.seed, options.shard_size, options.limit
+    if options.chroma not in CHROMA_SUBSAMPLING:
+        raise UserError(f"--chroma {options.chroma}: use one of {', '.join(CHROMA_SUBSAMPLING)}")
     started = time.monotonic()
-    labels_map = read_labels(labels, synset_map) if labels else None
+    labels_map = read_labels(labels, options.synset_map) if labels else None
     scan = find_inputs(src, labels_map)
     inputs = scan.inputs[:limit] if limit is not None else scan.inputs
     class_list = _class_list(out, split, classes, scan, inputs)
@@ -59,7 +59,7 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
         raise UserError(f"{len(unknown)} synset(s) of the input are not in the class list, e.g. {unknown[0]} "
                         f"({example}); the class list comes from {_class_source(out, split, classes)}")
     config = {"format": FORMAT_VERSION, "split": split, "seed": seed, "shard_size": shard_size,
-              "image_size": size, "jpeg_quality": quality, "chroma_subsampling": chroma,
+              "image_size": options.size, "jpeg_quality": options.quality, "chroma_subsampling": options.chroma,
               "inputs_sha256": _inputs_digest(inputs),
               "skipped_sha256": _digest(scan.skipped), "classes_sha256": _digest(class_list)}
     if classes or split == TRAIN:  # a split that defines its class list; others keep the train split's names
@@ -67,7 +67,7 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
         # project shipped them keeps its configuration (a rerun completes it, no --overwrite)
         class_list = with_names(class_list)
     check_writable(out)
-    if _already_done(out, split, config, overwrite):
+    if _already_done(out, split, config, options.overwrite):
         print(f"{split}: already complete in {out} (same configuration); nothing to do")
         return 0
     for name in stale_temporaries(out, split):  # a killed task's half-written shard, never renamed
@@ -76,37 +76,17 @@ def shard_split(*, src: str, out: str, split: str, labels: str | None = None, sy
 
     plan = plan_shards(inputs, seed, shard_size)
     progress = Progress(len(inputs), len(plan), start=started)
-    records = _run_shard_tasks(out, split, plan, label_of, progress, size=size, quality=quality, chroma=chroma,
-                               address=address, max_in_flight=max_in_flight)
+    records = _run_shard_tasks(options, plan, label_of, progress)
     unreadable = [entry for record in records for entry in record["skipped"]]
-    if len(inputs) and len(unreadable) / len(inputs) > max_skip_fraction:
+    if len(inputs) and len(unreadable) / len(inputs) > options.max_skip_fraction:
         reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in unreadable[:3])
         raise UserError(f"{len(unreadable)} of {len(inputs)} inputs could not be used (more than "
-                        f"--max-skip-fraction {max_skip_fraction}), e.g. {reasons}. The shards written so "
+                        f"--max-skip-fraction {options.max_skip_fraction}), e.g. {reasons}. The shards written so "
                         "far are kept; fix the inputs or raise the fraction and rerun")
     skipped = scan.skipped + unreadable  # left out by the layout rules, then unreadable inputs
     manifest = _finish(out, split, src, config, class_list, records, skipped, len(inputs) + len(scan.skipped))
     _print_summary(split, out, progress, records, skipped, manifest.get("converted"))
     return 0
-
-
-def _check_flags(split: str, shard_size: int, size: int, quality: int, max_skip: float,
-                 max_in_flight: int | None, custom_split: bool) -> None:
-    if not split or not split.replace("_", "").isalnum() or not split.isascii():
-        raise UserError(f"--split {split!r}: use letters, digits and '_' only (it names the shard files)")
-    if split not in SPLITS and not custom_split:
-        raise UserError(f"--split {split}: use {' or '.join(SPLITS)} (a split of another name, e.g. test, "
-                        "needs --custom-split)")
-    if shard_size < 1:
-        raise UserError(f"--shard-size {shard_size}: must be at least 1")
-    if size < 8:
-        raise UserError(f"--size {size}: must be at least 8 pixels")
-    if not 1 <= quality <= 100:
-        raise UserError(f"--quality {quality}: must be between 1 and 100")
-    if not 0 <= max_skip <= 1:
-        raise UserError(f"--max-skip-fraction {max_skip}: must be between 0 and 1")
-    if max_in_flight is not None and max_in_flight < 1:
-        raise UserError(f"--max-in-flight {max_in_flight}: must be at least 1")
 
 
 def _class_source(out: str, split: str, classes: str | None) -> str:
@@ -193,33 +173,30 @@ def _read_json(location: str) -> dict:
             from None
 
 
-def _run_shard_tasks(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int], progress: Progress,
-                     *, size: int, quality: int, chroma: str, address: str | None,
-                     max_in_flight: int | None) -> list[dict]:
+def _run_shard_tasks(options: ShardOptions, plan: list[list[Input]], label_of: dict[str, int],
+                     progress: Progress) -> list[dict]:
     """One Ray task per shard, at most `max_in_flight` at once (so memory does not grow with the
     dataset), each retried by Ray on failure; records come back in shard order."""
     import ray
 
     if ray.is_initialized():  # the caller's connection (the demo's, a benchmark's)
-        return _shard_tasks_on_ray(out, split, plan, label_of, progress, size=size, quality=quality,
-                                   chroma=chroma, max_in_flight=max_in_flight)
+        return _shard_tasks_on_ray(options, plan, label_of, progress)
     # No dashboard for an instance started here: it lives as long as this command, and its processes
     # cost more CPU than the driver does (benchmarks/bench_shard.py). Ignored when connecting to a cluster.
     try:
-        with own_ray(address, include_dashboard=False):
-            return _shard_tasks_on_ray(out, split, plan, label_of, progress, size=size, quality=quality,
-                                       chroma=chroma, max_in_flight=max_in_flight)
+        with own_ray(options.address, include_dashboard=False):
+            return _shard_tasks_on_ray(options, plan, label_of, progress)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"the finished shards in {out} are kept: give the same command again to "
+        raise KeyboardInterrupt(f"the finished shards in {options.out} are kept: give the same command again to "
                                 "continue") from None
 
 
-def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of: dict[str, int],
-                        progress: Progress, *, size: int, quality: int, chroma: str,
-                        max_in_flight: int | None) -> list[dict]:
+def _shard_tasks_on_ray(options: ShardOptions, plan: list[list[Input]], label_of: dict[str, int],
+                        progress: Progress) -> list[dict]:
     import ray
 
-    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    out, split = options.out, options.split
+    limit = options.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     # named "write_shard" in the dashboard and `ray list tasks`, whatever wraps it here
     task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_write_shard_once_for_storage_errors)
     task = task.options(name="write_shard")
@@ -231,8 +208,8 @@ def _shard_tasks_on_ray(out: str, split: str, plan: list[list[Input]], label_of:
     while next_shard < len(plan) or pending:
         while next_shard < len(plan) and len(pending) < limit and storage_error is None:
             samples = [(item.row(), label_of[item.synset]) for item in plan[next_shard]]
-            ref = task.remote(out, split, next_shard, samples, size=size, quality=quality, chroma=chroma,
-                              with_stats=split == TRAIN)
+            ref = task.remote(out, split, next_shard, samples, size=options.size, quality=options.quality,
+                              chroma=options.chroma, with_stats=split == TRAIN)
             pending[ref] = next_shard
             next_shard += 1
         done, _ = ray.wait(list(pending), num_returns=1)

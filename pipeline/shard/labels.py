@@ -9,7 +9,7 @@ Validation labels (`--labels`), as {file name or stem: synset}:
 Class lists (`--classes`): `index<TAB>synset<TAB>name` (like imagenet-classes.tsv) or `synset name words`
 lines (LOC_synset_mapping.txt, synset_words.txt).
 Class names otherwise come from WordNet: ilsvrc2012_synsets.tsv, shipped beside this module with
-WORDNET-LICENSE.txt, names the 1000 ILSVRC-2012 synsets (DESIGN.md, "Class indices").
+WORDNET-LICENSE.txt, names the 1000 ILSVRC-2012 synsets (docs/design.md, "Class indices").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ tarfile builds each header through several layers of generic checks (~50 us a me
 sample: about as much as the pixel statistics); a shard member's header differs from the next only
 in name, size and checksum, so it is packed directly. Names that are not ASCII or longer than the
 100-byte name field go through tarfile's own header code (a PAX extended header), so the output
-never depends on which path wrote it (tests/test_shard_job.py compares it with tarfile's).
+never depends on which path wrote it (tests/integration/test_shard_job.py compares it with tarfile's).
 """
 
 from __future__ import annotations
