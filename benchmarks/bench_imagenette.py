@@ -16,7 +16,8 @@ then OUT/results.json and OUT/results.md (one column per run), and, with --updat
 curves, Figure 3 and Figure 4 of the first run into a folder (small palette PNGs) for the docs.
 
 Killed and given again, it continues: finished splits are kept, a run resumes from its last checkpoint
-(a finished run is not redone), and each sitting's wall-clock and CPU seconds add to OUT/ledger.json.
+(a finished run is not redone, nor evaluated again: OUT/reports/), and each sitting's wall-clock and CPU
+seconds add to OUT/ledger.json.
 CPU seconds are every process of a step (Ray's workers included), counted by a cgroup of the step's
 own (benchmarks/cpu_meter.py; needs root), else left out. Nothing here knows Imagenette: DATA is any
 tree of train/<synset>/ and val/<synset>/ folders, and --config any recipe.
@@ -86,7 +87,7 @@ def main() -> int:
             ledger.add(f"train {name}", "epochs", len(_epochs(run)) - before)  # what this sitting's seconds bought
         why = dict(w.split("=", 1) for w in args.why)
         if _finished(run):
-            results.append(report_run(run, shards, Path(args.data), out, ledger, why))
+            results.append(cached_report(run, shards, Path(args.data), out, ledger, why))
         elif _epochs(run):  # still training (--skip-train): what its epochs say so far, nothing evaluated
             results.append(progress_of(run, ledger, why))
     summary = {"cpu": cpu_model(), "commit": _commit(), "data": str(Path(args.data).resolve()),
@@ -190,6 +191,19 @@ def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
         "images_per_s": statistics.median(r["images_per_s"] for r in steps) if steps else None,
         "data_wait": statistics.mean(r.get("data_wait", 0.0) for r in steps) if steps else None,
     }
+
+
+def cached_report(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, why: dict) -> dict:
+    """A finished run is evaluated once: its report is kept in OUT/reports/ beside the run's end record
+    it was made from, and made again only when that record changes (the run was started over)."""
+    cache = out / "reports" / f"{run.name}.json"
+    end = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "end"' in line][-1]
+    if cache.is_file() and json.loads(cache.read_text()).get("end_record") == end:
+        return json.loads(cache.read_text())["report"]
+    report = report_run(run, shards, data, out, ledger, why)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"end_record": end, "report": report}, indent=1) + "\n")
+    return report
 
 
 def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, why: dict) -> dict:
