@@ -156,8 +156,15 @@ def _finished(run: Path) -> bool:
 
 
 def progress_of(run: Path, ledger: Ledger, why: dict) -> dict:
-    """A run still training: its epochs so far, no evaluation (a full-width ten-crop pass is not cheap)."""
-    return {**_from_records(run, ledger, why), "finished": False}
+    """A run still training: its epochs so far and the pictures of its best checkpoint so far (Figure 4
+    if `alexnet neighbours` drew one), no evaluation (a full-width ten-crop pass is not cheap)."""
+    print(ledger.step(f"plot {run.name}", ["plot", str(run)], capture=True), end="")
+    figure4 = run.parents[1] / "neighbours" / run.name / "figure4.png"
+    figures = {"error": str(run / "plots" / "error.png"), "loss": str(run / "plots" / "loss.png"),
+               "figure3": str(run / "plots" / "figure3.png"), **({"figure4": str(figure4)} if figure4.is_file() else {})}
+    towers = json.loads((run / "plots" / "figure3.json").read_text())["towers"]
+    return {**_from_records(run, ledger, why), "finished": False, "figures": figures,
+            "colour_specificity": [{k: v for k, v in t.items() if k != "scores"} for t in towers]}
 
 
 def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
@@ -254,6 +261,7 @@ def markdown(summary: dict) -> str:
         return f"{r['best_epoch_centre_top1_error']:.1%} (best epoch so far)"
 
     ALWAYS = {"top-1 error, centre crop", "best epoch / epochs run", "lr divided by 10 after epochs",
+              "conv1 colour specificity, tower 1 / 2",
               "train / val loss at the end", "training wall-clock (epochs' own time)", "training CPU-seconds",
               "images/s (median) / data wait", "departures from the paper's recipe"}
     row("top-1 error, centre crop", centre_top1)

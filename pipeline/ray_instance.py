@@ -15,6 +15,9 @@ A private local instance is also kept quiet: Ray's token auth is on, as Ray's de
 Ray's warning that it turned it on (nothing the user must act on), and Ray Train's preemption watcher, which only
 serves clusters whose nodes get drained, is not started (its actor is killed at every worker group's
 end, which Ray's core worker logs at error level).
+
+What Ray's processes print reaches the console (log_to_driver) without colour codes when the console
+is not a terminal (a log file, a submitted job's log), and without the notices in MUTED_WORKER_LINES.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from typing import Iterator
 
 LOCAL = "local"  # ray.init's word for "start a new instance, never connect"
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 # env vars every process of a private local instance's jobs gets (Ray Train's controller reads this one)
 LOCAL_JOB_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Lines of Ray's processes the console does not repeat: notices with nothing for the user to do. Ray
+# Train's placement-group cleaner (an actor) polls the state API, which goes down first when a run is
+# interrupted: it warned on every Ctrl-C, although it still removes the placement group.
+MUTED_WORKER_LINES = ("Failed to query Ray Train Controller actor state",)
 
 
 def chosen_address(address: str | None) -> str | None:
@@ -67,12 +75,81 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
         if "://" not in target and target != "auto":
             env["RAY_ADDRESS"] = target
         runtime_env = {"env_vars": env}
+    if not sys.stdout.isatty():  # Ray's "(RayTrainWorker pid=...)" prefixes: no colour codes in a file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     with environ_set(settings):
         ray.init(address=target, logging_level="WARNING", runtime_env=runtime_env, **init_options)
+    mute_worker_lines(MUTED_WORKER_LINES)
     try:
         yield env.get("RAY_ADDRESS", target)
     finally:
         ray.shutdown()
+
+
+def mute_worker_lines(texts: tuple[str, ...]) -> None:
+    """Drop the lines of Ray's processes that hold one of `texts` before the driver prints them (Ray has
+    no setting for it; the processes' own loggers are not the driver's to configure)."""
+    _filter_worker_lines("muted", lambda data, lines: [line for line in lines if not any(t in line for t in texts)])
+
+
+class TracebackLog:
+    """Ray's processes' tracebacks in a file instead of on the console, for the run's last line to name.
+
+    A worker that meets a full disk, and the controller that sees it fail, each stream a traceback to the
+    driver (about 110 lines for one full disk) before the one-line cause the driver prints. From a
+    line holding "Traceback (most recent call last):" on, the rest of that batch of a process's lines
+    (Ray sends them in batches per process) goes to `path`, prefixed with the process; the line before
+    it ("Error in training function:") stays on the console."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.count = 0  # tracebacks written
+
+    def install(self) -> TracebackLog:
+        _filter_worker_lines("tracebacks", self._divert)
+        return self
+
+    def _divert(self, data: dict, lines: list[str]) -> list[str]:
+        start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last):" in line), None)
+        if start is None:
+            return lines
+        self.count += sum("Traceback (most recent call last):" in line for line in lines[start:])
+        who = f"({data.get('actor_name') or data.get('task_name') or 'process'} pid={data.get('pid')})"
+        with open(self.path, "a") as log:
+            log.writelines(f"{who} {line}\n" for line in lines[start:])
+        return lines[:start]
+
+    def note(self, wait_s: float = 3.0) -> str:
+        """' (tracebacks of Ray's processes: PATH)' when some were written, else ''. Waits up to `wait_s`
+        for the first one: a failed worker's lines may reach the driver after the failure itself."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while not self.count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return f" (tracebacks of Ray's processes: {self.path})" if self.count else ""
+
+
+def _filter_worker_lines(kind: str, keep) -> None:
+    """Wrap the one handler that prints Ray's processes' lines on the driver with `keep(data, lines) ->
+    lines to print`, once per kind. Nothing happens where Ray's internals differ."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+
+    def wrapped(handler):
+        def handle(data: dict) -> None:
+            lines = keep(data, data.get("lines", []))
+            if lines or not data.get("lines"):
+                handler({**data, "lines": lines})
+        handle.kinds = getattr(handler, "kinds", ()) + (kind,)
+        return handle
+
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, wrapped(handler) if name == "ray_print_logs"
+                                and kind not in getattr(handler, "kinds", ()) else handler)
+                               for name, handler in dispatcher.handlers]
 
 
 @contextlib.contextmanager

@@ -317,7 +317,9 @@ def tiny_config(tmp_path_factory) -> str:
 def reference(small_dataset, ray_head, tiny_config, tmp_path_factory) -> str:
     runs = tmp_path_factory.mktemp("runs")
     result = run_cli(*train_args(small_dataset, "reference", str(runs), tiny_config, ray_head), timeout=400)
-    assert '"workers": 2' in result.stdout  # the resolved config is printed at the start
+    # the resolved config's file is named at the start, not printed
+    assert f"alexnet train: run folder {runs / 'reference'}; config {runs / 'reference' / 'config.json'}" in result.stdout
+    assert '"workers": 2' not in result.stdout and '"workers": 2' in (runs / "reference" / "config.json").read_text()
     # the console's first line says the precision in force
     assert result.stdout.splitlines()[0] == "alexnet train: precision fp32, deterministic kernels (bitwise reproducible)"
     return str(runs / "reference")

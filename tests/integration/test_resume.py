@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -92,11 +93,21 @@ def test_user_errors_stop_at_once_in_one_line(small_dataset, ray_head, tiny_conf
     os.unlink(broken / "train-000003.tar")
     result = run_cli(*train_args(str(broken), "y", runs, tiny_config, ray_head), check=False, timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last, log = traceback_note(result.stderr.strip().splitlines()[-1])
     assert last.startswith("alexnet train: error: the run stopped at its first attempt: rank ")
     assert last.endswith("are missing: train-000003.tar (re-run `alexnet shard`, or pass skip_bad_samples=True)")
-    # Ray streams each failing worker's traceback: one attempt of two ranks, not max_failures + 1 attempts
+    # each failing worker says so once (one attempt of two ranks, not max_failures + 1); its traceback is in
+    # the file the last line names, not on the console
     assert 1 <= (result.stdout + result.stderr).count("Error in training function") <= 2
+    assert "Traceback" not in result.stdout + result.stderr and "train-000003.tar" in log
+
+
+def traceback_note(line: str) -> tuple[str, str]:
+    """A last line without its " (tracebacks of Ray's processes: FILE)", and that file's text."""
+    match = re.fullmatch(r"(.*) \(tracebacks of Ray's processes: (\S+)\)", line)
+    assert match, f"the last line names no traceback file: {line}"
+    with open(match.group(2)) as f:
+        return match.group(1), f.read()
 
 
 def test_a_full_run_folder_stops_the_run_at_once_in_one_line(small_dataset, ray_head, tiny_config, small_disk):
@@ -106,7 +117,8 @@ def test_a_full_run_folder_stops_the_run_at_once_in_one_line(small_dataset, ray_
     result = run_cli(*train_args(small_dataset, "full", runs, tiny_config, ray_head), check=False, timeout=400)
     console = result.stdout + result.stderr
     assert result.returncode == 2, console[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    last, log = traceback_note(result.stderr.strip().splitlines()[-1])
+    assert "Traceback" not in console and "No space left on device" in log, console[-3000:]  # tracebacks: the file
     assert last.startswith("alexnet train: error: the run stopped at its first attempt: rank 0: no space left "
                            f"on device: {runs}/full; the checkpoints registered so far are kept"), console[-3000:]
     assert last.endswith("free space (or fix the permissions) and give the same command again to continue "

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import psutil
 import pyarrow.fs as pafs
@@ -154,6 +155,29 @@ def test_same_command_continues_after_driver_death_past_a_cut_off_upload(referen
     # keep_checkpoints=2, plus the best copy apart: nothing left behind by the interrupted attempt
     assert checkpoint_names(run_dir) == ["checkpoint-00000012", "checkpoint-00000014"]
     assert storage.exists(f"{run_dir}/best/checkpoint.pt")
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_none(small_dataset, ray_head, tiny_config, tmp_path):
+    """Interrupted before any checkpoint, the run says nothing of one, quietly, and the same command
+    again says it starts over rather than continues."""
+    runs = str(tmp_path / "runs")
+    run_dir = os.path.join(runs, "early")
+    args = train_args(small_dataset, "early", runs, tiny_config, ray_head)
+    for attempt in range(2):
+        driver, _ = start_paused(args, str(tmp_path / f"worker{attempt}.pid"), rank=0, points="1")  # step 1 of 14
+        started = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        console = driver.communicate(timeout=120)[0]
+        print(f"attempt {attempt}: exit {time.monotonic() - started:.1f} s after Ctrl-C")
+        assert driver.returncode == 130, console[-3000:]
+        assert console.strip().splitlines()[-1] == (
+            f"alexnet train: interrupted; no checkpoint was written yet: the same command starts the run "
+            f"{run_dir} again from the beginning")
+        assert "last checkpoint" not in console and "PlacementGroupCleaner" not in console, console[-3000:]
+        assert "\x1b[" not in console  # no colour codes where the console is not a terminal
+        assert checkpoint_names(run_dir) == []
+        if attempt:
+            assert f"alexnet train: run {run_dir} stopped before its first checkpoint: starting it again" in console
 
 
 def test_clear_errors_before_any_worker_starts(reference, small_dataset, ray_head, tiny_config, tmp_path):

@@ -20,7 +20,7 @@ import sys
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.ray_instance import own_ray
+from pipeline.ray_instance import TracebackLog, own_ray
 from trainer.config import TrainConfig
 
 # Fields a continued run must share with the run it continues (else the checkpoint does not fit).
@@ -51,8 +51,9 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
 
     gpu = config.gpus_per_worker > 0
     print(f"alexnet train: {plan_text(config.precision, config.deterministic, config.compile, gpu)}", flush=True)
-    if changed is not None:
-        print(f"alexnet train: continuing run {run_dir} from its last checkpoint"
+    if changed is not None:  # a run folder with a config.json: checkpointed, or stopped before it was
+        print((f"alexnet train: continuing run {run_dir} from its last checkpoint" if resume.registered(run_dir)
+               else f"alexnet train: run {run_dir} stopped before its first checkpoint: starting it again")
               + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
     from trainer.hooks import FailurePause
     from trainer.loop import train_worker  # after the checks: it imports the loaders and the model
@@ -61,6 +62,7 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     worker = train_worker if pause is None else functools.partial(train_worker, hooks=pause)
 
     with own_ray(address, _forwarded_env(), log_to_driver=True):
+        tracebacks = TracebackLog(traceback_log_path(config.name)).install()  # not on the console
         needed = dataclasses.replace(config, workers=config.fewest_workers)  # what the run needs to start
         waiting_for = resources.check(needed)  # raises if the cluster can never hold the run
         if waiting_for:  # before anything is written or deleted: a wait that times out leaves nothing behind
@@ -69,10 +71,11 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
             _delete_run(run_dir)
         else:
             resume.repair_run(run_dir)  # unreadable or never registered checkpoints out of the run folder
-        print(f"alexnet train: run folder {run_dir}\n{config.to_json()}", flush=True)
         storage.makedirs(run_dir)
         # the run continues with this config (an unfinished run; a finished one returned above)
         storage.write_bytes_atomic(storage.join(run_dir, "config.json"), config.to_json().encode())
+        # the path, not the ~45 lines of the file: every run would open with them
+        print(f"alexnet train: run folder {run_dir}; config {storage.join(run_dir, 'config.json')}", flush=True)
         trainer = TorchTrainer(
             worker,
             train_loop_config={"config": config.to_dict(), "run_dir": run_dir},
@@ -92,17 +95,19 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
         try:
             with ConsoleProgress(run_dir, config.epochs):
                 result = trainer.fit()
-        except SystemExit:
+        except (SystemExit, KeyboardInterrupt):
             # Ray Train's own SIGINT handler (in fit) aborts the run, then leaves by sys.exit(0)
-            raise KeyboardInterrupt(f"the run folder {run_dir} keeps its last checkpoint: give the same "
-                                    "command again to continue from it") from None
+            raise KeyboardInterrupt(interrupted_text(run_dir, resume.registered(run_dir))) from None
         except ray.train.TrainingFailedError as error:
             cause = failures.user_error_in(error)
             if cause is None:
                 raise
             resume.remove_unregistered(run_dir)  # e.g. a checkpoint cut off by a full disk
             where = failures.one_line(cause).replace(failures.RUN_FOLDER, run_dir)  # a storage error's location
-            raise UserError(f"the run stopped at its first attempt: {where}") from None
+            raise UserError(f"the run stopped at its first attempt: {where}{tracebacks.note()}") from None
+    if tracebacks.count:  # failures Ray Train recovered from: said once, their tracebacks kept
+        print(f"alexnet train: Ray Train restarted workers after failures; {tracebacks.count} tracebacks in "
+              f"{tracebacks.path}", flush=True)
     if result.error is not None:
         raise result.error
     resume.remove_unregistered(run_dir)  # an attempt Ray Train restarted may have left one
@@ -115,6 +120,22 @@ def train(config: TrainConfig, *, address: str | None = None, fresh: bool = Fals
     print(f"alexnet train: finished; last checkpoint {last}; metrics {storage.join(run_dir, 'metrics.jsonl')}")
     sys.stdout.flush()
     return 0
+
+
+def traceback_log_path(name: str) -> str:
+    """A local file for the run's tracebacks: not in the run folder, which may be the full disk."""
+    import tempfile
+    import time
+
+    return os.path.join(tempfile.gettempdir(), f"alexnet-train-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+
+
+def interrupted_text(run_dir: str, checkpoints: list[str]) -> str:
+    """What an interrupted run leaves, in words: a run stopped before its first checkpoint has nothing to
+    continue from, and must not be told it has."""
+    if checkpoints:
+        return f"the run folder {run_dir} keeps its last checkpoint: give the same command again to continue from it"
+    return f"no checkpoint was written yet: the same command starts the run {run_dir} again from the beginning"
 
 
 def check_dataset(data: str) -> dict:

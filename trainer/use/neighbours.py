@@ -88,7 +88,11 @@ def compute_features(data: str, train: dict, network: dict, folder: str, *, addr
             storage.delete(storage.join(folder, name))
     shards = train["shards"]
     missing = [s for s in shards if not storage.exists(feature_location(folder, s["name"]))]
-    print(f"features: {len(shards) - len(missing)} of {len(shards)} shards already done in {folder}", flush=True)
+    done = len(shards) - len(missing)
+    if done:  # a fresh folder has no earlier work to speak of
+        print(f"features: {done} of {len(shards)} shards already done in {folder}", flush=True)
+    else:
+        print(f"features: {len(shards)} shards to compute into {folder}", flush=True)
     if not missing:
         return _records(folder, shards)
     if ray.is_initialized():  # a caller's connection (the demo's) stays

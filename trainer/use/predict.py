@@ -124,15 +124,18 @@ def predict(checkpoint: str, inputs: list[str], *, ten_crop: bool = False, as_js
     """`alexnet predict`: top-5 per image. Exit status 0 when every input was scored, 1 when some were
     not (each of those named on stderr in one line; the others are still scored)."""
     from pipeline.shard.images import BadImage
+    from trainer.checkpoint.checkpoint_location import resolve_location
 
+    checkpoint = resolve_location(checkpoint)  # a run or checkpoint folder names one file: say which
+    if not as_json:
+        print(f"checkpoint {checkpoint}", flush=True)
     predictor = Predictor(checkpoint)
     results, failed = [], 0
     for location in expand_inputs(inputs):
         try:
             image = predictor.rule.stored(read_input(location))
         except (BadImage, OSError) as error:
-            print(f"alexnet predict: {location}: {str(error).splitlines()[0] or type(error).__name__}",
-                  file=sys.stderr, flush=True)
+            print(f"alexnet predict: {location}: {unreadable_reason(error)}", file=sys.stderr, flush=True)
             failed += 1
             continue
         logits = predictor.logits(image, ten_crop)
@@ -146,6 +149,20 @@ def predict(checkpoint: str, inputs: list[str], *, ten_crop: bool = False, as_js
     if not results and not failed:
         raise UserError(f"no images found in {', '.join(inputs)}")
     return 1 if failed else 0
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why an input could not be scored, in words and without repeating its name: an OSError's own text
+    ("[Errno 2] No such file or directory: 'x.jpg'") names the file a second time, in Python's terms."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    if isinstance(error, PermissionError):
+        return "not readable (permission denied)"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror[0].lower() + error.strerror[1:]
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _print_result(result: dict) -> None:
