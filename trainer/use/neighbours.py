@@ -52,7 +52,7 @@ def neighbours(checkpoint: str, data: str, *, out: str | None = None, queries: i
     records = compute_features(data, train, network, folder, address=address, batch_size=batch_size)
     found, images, vectors = find_neighbours(data, chosen, network, named_classes(state["classes"]), folder, train)
     png = io.BytesIO()
-    figure = draw_figure4(found, images, png, title=f"The paper's Figure 4 from {checkpoint} (after epoch "
+    figure = draw_figure4(found, images, png, title=f"The paper's Figure 4 from {_run_label(checkpoint)} (after epoch "
                                                     f"{state['epoch']}, {train['total_samples']} training images)")
     result = {"checkpoint": str(checkpoint), "data": data, "features": folder, "seed": seed, "figure": figure,
               "queries": found, "shards": records}
@@ -210,6 +210,17 @@ def find_neighbours(data: str, chosen: list[dict], network: dict, classes: list[
         for j, hit in enumerate(query["neighbours"]):
             images[("n", i, j)] = _stored_jpeg(data, train_rows[hit["key"]])
     return queries, images, vectors
+
+
+def _run_label(checkpoint: str) -> str:
+    """The run a checkpoint belongs to, for the figure's title: RUN for a run folder, RUN/best or
+    RUN/checkpoint-N for a checkpoint in one (never the machine's whole path)."""
+    parts = [p for p in str(checkpoint).rstrip("/").split("/") if p]
+    if parts and parts[-1].endswith(".pt"):
+        parts = parts[:-1]
+    if len(parts) >= 2 and (parts[-1] == "best" or parts[-1].startswith("checkpoint-")):
+        return "/".join(parts[-2:])
+    return parts[-1] if parts else str(checkpoint)
 
 
 def _stored_jpeg(data: str, row: dict) -> bytes:
