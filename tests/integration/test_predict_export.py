@@ -49,7 +49,7 @@ def eval_probabilities(checkpoint: str, dataset: str, ten_crop: bool, count: int
 
 def export_example() -> str:
     """docs/use.md's Python block that uses an export folder."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "use.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "use.md").read_text()
     return next(block for block in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
                 if "preprocessing.network_input" in block)
 
