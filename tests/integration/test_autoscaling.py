@@ -67,7 +67,10 @@ def _assert_succeeded(follower: subprocess.Popen, log: str) -> str:
 
 # how a task's import looks when the fake cluster's shared package folder was re-extracted under it
 IMPORT_CUT_SHORT = ("ModuleNotFoundError: No module named 'pipeline", "ModuleNotFoundError: No module named 'trainer",
-                    "ModuleNotFoundError: No module named 'jobs", "partially initialized module")
+                    "ModuleNotFoundError: No module named 'jobs", "partially initialized module",
+                    # the job's working directory deleted under its driver: torch's lazy imports ask
+                    # inspect.getmodule for every module's absolute path, and os.getcwd() then fails
+                    "in getabsfile\n")
 
 
 def _job_succeeds(cluster: AutoscalingCluster, *job: str, timeout: float = 400) -> str:
@@ -100,8 +103,16 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
     for name in sorted(os.listdir(local)):
         storage.write_bytes_atomic(f"{data}/{name}", (local / name).read_bytes())
 
-    follower = _submit(cluster, *train_args(data, "spot", runs, tiny_config, cluster.address)[:-2])
-    worker = psutil.Process(wait_for_pause(follower, pid_file))
+    job = train_args(data, "spot", runs, tiny_config, cluster.address)[:-2]
+    follower = _submit(cluster, *job)
+    try:
+        worker = psutil.Process(wait_for_pause(follower, pid_file))
+    except pytest.fail.Exception as failure:  # resubmitted once when it met the shared package folder
+        if not any(sign in str(failure) for sign in IMPORT_CUT_SHORT):
+            raise
+        print("resubmitting train: it met the fake cluster's shared package folder", flush=True)
+        follower = _submit(cluster, *job)
+        worker = psutil.Process(wait_for_pause(follower, pid_file))
     raylets = cluster.worker_raylets()
     assert len(raylets) >= 2  # the autoscaler launched the nodes the run asked for
     node = next(r for r in raylets if worker.pid in {c.pid for c in r.children(recursive=True)})
