@@ -238,7 +238,7 @@ def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, w
                      "probability": result["top5"][0]["probability"]} for p, result in zip(photos, predicted["predictions"])],
         "predict_example": {"command": f"alexnet predict OUT/runs/{run.name} " + " ".join(examples),
                             "printed": ledger.step(f"predict {run.name}", ["predict", str(run), *examples],
-                                                   capture=True, cwd=data)},
+                                                   capture=True, cwd=data).replace(str(out), "OUT")},
         "colour_specificity": [{k: v for k, v in t.items() if k != "scores"} for t in figure3],
         "figures": {"error": str(run / "plots" / "error.png"), "loss": str(run / "plots" / "loss.png"),
                     "figure3": str(run / "plots" / "figure3.png"), "figure4": str(neighbours_out / "figure4.png")},
