@@ -198,7 +198,10 @@ def _shard_tasks_on_ray(options: ShardOptions, plan: list[list[Input]], label_of
     out, split = options.out, options.split
     limit = options.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     # named "write_shard" in the dashboard and `ray list tasks`, whatever wraps it here
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)(_write_shard_once_for_storage_errors)
+    # SPREAD, as Ray Data's read tasks: a node's disk and network share the shards' reads and writes with
+    # the others from the first wave of tasks, instead of the first node with a free CPU taking them all
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True,
+                      scheduling_strategy="SPREAD")(_write_shard_once_for_storage_errors)
     task = task.options(name="write_shard")
     records: list[dict | None] = [None] * len(plan)
     pending: dict = {}
