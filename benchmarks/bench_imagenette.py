@@ -6,12 +6,13 @@
 
 Every step is the public command line a user would type, in a subprocess:
     alexnet shard DATA/train OUT/shards --split train     (and DATA/val --split val)
-    alexnet train --config imagenette --data OUT/shards --storage OUT/runs --name widthW-seedS --set width=W ...
+    alexnet train --config imagenette --data OUT/shards --storage OUT/runs --name widthW-seedS[-KEYVALUE] --set width=W ...
     alexnet eval --checkpoint RUN --data OUT/shards --json            (centre crop, then --ten-crop)
     alexnet predict RUN <one validation photograph per class> --json
     alexnet neighbours RUN --data OUT/shards --out OUT/neighbours/RUN_NAME
     alexnet plot RUN                                                   (curves, Figure 3 and its scores)
-then OUT/results.json and OUT/results.md (one column per run), and, with --update, the table between the
+then OUT/results.json and OUT/results.md (one column per run OUT holds: --set KEY=VALUE of a recipe key
+names its own runs, so a departure and the run that measured the paper's value sit side by side), and, with --update, the table between the
 `<!-- imagenette-results:start -->` / `end -->` markers of the files named. --figures copies the
 curves, Figure 3 and Figure 4 of the first run into a folder (small palette PNGs) for the docs.
 
@@ -37,6 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_meter import CpuCgroup, cpu_model  # noqa: E402
+
+from trainer.config import read_config_file  # noqa: E402
+from trainer.report import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- imagenette-results:start -->", "<!-- imagenette-results:end -->"
@@ -75,9 +79,10 @@ def main() -> int:
 
     for split in ("train", "val"):
         ledger.step(f"shard {split}", ["shard", str(Path(args.data, split)), str(shards), "--split", split])
-    results = []
+    recipe = [s for s in args.set if s.split("=", 1)[0] not in MACHINE_KEYS]  # part of a run's name
+    why = dict(w.split("=", 1) for w in args.why)
     for width, seed in [(w, s) for w in args.width for s in args.seeds]:
-        name = f"width{width:g}-seed{seed}"
+        name = "-".join([f"width{width:g}-seed{seed}", *(s.replace("=", "") for s in recipe)])
         run = out / "runs" / name
         if not args.skip_train:
             settings = [f"width={width}", f"seed={seed}", f"cpus_per_worker={args.cpus}", *args.set]
@@ -85,10 +90,12 @@ def main() -> int:
             ledger.step(f"train {name}", ["train", "--config", args.config, "--data", str(shards), "--storage",
                                           str(out / "runs"), "--name", name, *[a for s in settings for a in ("--set", s)]])
             ledger.add(f"train {name}", "epochs", len(_epochs(run)) - before)  # what this sitting's seconds bought
-        why = dict(w.split("=", 1) for w in args.why)
-        if _finished(run):
+    results = []
+    for run in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:  # every run OUT holds
+        records = read_metrics(str(run), missing_ok=True)
+        if any(r["kind"] == "end" for r in records):
             results.append(cached_report(run, shards, Path(args.data), out, ledger, why))
-        elif _epochs(run):  # still training (--skip-train): what its epochs say so far, nothing evaluated
+        elif _epochs(run):  # still training (or given up): what its epochs say so far, nothing evaluated
             results.append(progress_of(run, ledger, why))
     summary = {"cpu": cpu_model(), "commit": _commit(), "data": str(Path(args.data).resolve()),
                "config": args.config, "runs": results, "fastai": FASTAI}
@@ -145,14 +152,7 @@ class Ledger:
 
 def _epochs(run: Path) -> list[dict]:
     """The run's epoch records so far (none before its first epoch ends)."""
-    metrics = run / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return [r for r in map(json.loads, filter(str.strip, lines)) if r["kind"] == "epoch"]
-
-
-def _finished(run: Path) -> bool:
-    metrics = run / "metrics.jsonl"
-    return metrics.is_file() and '"kind": "end"' in metrics.read_text()
+    return [r for r in read_metrics(str(run), missing_ok=True) if r["kind"] == "epoch"]
 
 
 def progress_of(run: Path, ledger: Ledger, why: dict) -> dict:
@@ -169,14 +169,12 @@ def progress_of(run: Path, ledger: Ledger, why: dict) -> dict:
 
 def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
     """What the run folder's own records say: epochs, schedule, losses, speed, departures."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    epochs = _epochs(run)
+    records = read_metrics(str(run))
+    epochs = [r for r in records if r["kind"] == "epoch"]
     steps = [r for r in records if r["kind"] == "step"]
     ends = [r for r in records if r["kind"] == "end"]
     config = json.loads((run / "config.json").read_text())
     train_steps = ledger.steps.get(f"train {run.name}", {})
-    from trainer.config import read_config_file
-
     paper = read_config_file("imagenet")
     departures = {k: {"value": config[k], "paper": paper.get(k), "why": why.get(k, "")}
                   for k in sorted(config) if k not in MACHINE_KEYS and k in paper and config[k] != paper[k]}
@@ -204,7 +202,7 @@ def cached_report(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger
     """A finished run is evaluated once: its report is kept in OUT/reports/ beside the run's end record
     it was made from, and made again only when that record changes (the run was started over)."""
     cache = out / "reports" / f"{run.name}.json"
-    end = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "end"' in line][-1]
+    end = [r for r in read_metrics(str(run)) if r["kind"] == "end"][-1]
     if cache.is_file() and json.loads(cache.read_text()).get("end_record") == end:
         return json.loads(cache.read_text())["report"]
     report = report_run(run, shards, data, out, ledger, why)
@@ -248,7 +246,8 @@ def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, w
 def markdown(summary: dict) -> str:
     """One column per run (a run still training shows its epochs so far); the fastai figures for scale."""
     runs = summary["runs"]
-    head = "| | " + " | ".join(f"width {r['width']:g}, seed {r['seed']}" for r in runs) + " |"
+    head = "| | " + " | ".join(", ".join([f"width {r['width']:g}", f"seed {r['seed']}", *(
+        f"{k} {d['value']}" for k, d in r["departures"].items() if k != "width")]) for r in runs) + " |"
     rows = [head, "|---|" + "---|" * len(runs)]
 
     def row(label: str, cell) -> None:
@@ -269,7 +268,7 @@ def markdown(summary: dict) -> str:
     row("top-5 error, centre / ten crops", lambda r: f"{r['centre_crop']['top5_error']:.1%} / "
         f"{r['ten_crop']['top5_error']:.1%}")
     row("best epoch / epochs run", lambda r: f"{r['best_epoch']} / {r['epochs_run']}"
-        + ("" if r["finished"] else " (still training)"))
+        + ("" if r["finished"] else " (not finished)"))
     row("lr divided by 10 after epochs", lambda r: ", ".join(map(str, r["lr_reduced_after_epochs"])) or "none yet")
     row("train / val loss at the end", lambda r: f"{r['train_loss_end']:.3f} / {r['val_loss_end']:.3f}")
     row("training wall-clock (epochs' own time)", lambda r: f"{r['training_seconds'] / 3600:.2f} h")
