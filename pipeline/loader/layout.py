@@ -1,14 +1,12 @@
 """How a batch lies in memory: each image is decoded straight into place, its crop where the batch wants it.
 
 Decoding into a scratch buffer and then copying the crop into the batch is one more pass over the
-pixels, into batch memory that is cold by then (30-50 us per image here). So for single crops
+pixels, into batch memory that is cold by then. So for single crops
 (training, centre crop) every sample owns a stretch of the batch buffer large enough for the whole
 image_size x image_size decoded image, and the image is decoded at the offset that puts the chosen
 crop exactly where the batch tensor's sample begins. The batch is then a strided view of that
 buffer, [B, crop, crop, 3] with a row stride of image_size * 3 bytes; the pixels around the crops are
-written by the decoder and never read; a flip is done in place. Measured with the old and new code
-alternating in one process: ~5% less CPU per image (paired medians 5-7% in-process and with one
-worker, 0.5-8% with two).
+written by the decoder and never read; a flip is done in place (its saving: docs/benchmarks.md).
 
 Consumers see an ordinary uint8 tensor that is not dense in memory: reading it (the batch transform,
 or the copy into page-locked memory that `pin_memory` makes for the GPU) costs what a dense one does;

@@ -1,8 +1,8 @@
 """How a batch gets from a loader worker process to the caller: reused shared-memory slots, lent out.
 
-torch's DataLoader sends every tensor a worker yields through a fresh shared-memory segment. The
-kernel maps and zero-fills each new page on first touch, and a 224x224 crop is ~37 pages: measured
-here, that hand-off cost a third of the CPU a worker spends per image. So each worker writes its
+torch's DataLoader sends every tensor a worker yields through a fresh shared-memory segment, and the
+kernel maps and zero-fills each new page on first touch (a 224x224 crop is ~37 pages; its cost is in
+docs/benchmarks.md, loaders). So each worker writes its
 batches into a few slots mapped once per loader and yields only the slot number.
 
 The caller gets the slot itself (no copy): the batch tensor is a view of the slot, and the slot goes

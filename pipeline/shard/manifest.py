@@ -215,9 +215,8 @@ def read_index(dataset: str, split: str, columns: list[str], read_dictionary: li
     object: Arrow's read-ahead releases its buffers on its own threads, sometimes after the read has
     returned, and releasing a Python-owned one takes the GIL. A thread that asks for the GIL while the
     interpreter exits is ended by Python, and the C++ unwinding aborts the process ("terminate called
-    without an active exception", exit -6) after the command's work is done. With two `alexnet inspect
-    --verify` loops side by side on a 2-CPU machine (pyarrow 26) that was 1 run in 20 to 250; through
-    Arrow's file, none in 600, and the 1.28M-row index reads no slower (0.06-0.2 s)."""
+    without an active exception", exit -6) after the command's work is done. Arrow's own file leaves
+    no Python-owned buffer to release."""
     import pyarrow.parquet as pq
 
     fs, path = storage.resolve(index_location(dataset, split))

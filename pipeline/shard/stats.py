@@ -28,11 +28,10 @@ class PixelMoments:
     channels rotated (R,G,B -> B,R,G), each into uint16 (a product of two bytes is at most 65025), and
     the channel sums of those products and of the image. OpenCV sums 16-bit values in int32 blocks
     short enough not to overflow, then in float64, where every partial sum is an integer below 2^53:
-    exact in any order (tests/integration/test_shard_job.py checks it against int64 at the extremes). No BLAS: the
-    earlier float64 planes and BLAS dot products cost the same on one thread, but OpenBLAS threads a
-    dot product of this length wherever OMP_NUM_THREADS or OPENBLAS_NUM_THREADS allows more than one
-    (a user's own environment, a cluster image); with its default threads on a 2-vCPU Intel VM a whole
-    shard task took 6.8 ms an image instead of 3.3 (benchmarks/bench_shard.py measures the command).
+    exact in any order (tests/integration/test_shard_job.py checks it against int64 at the extremes). No BLAS:
+    OpenBLAS threads a dot product of this length wherever OMP_NUM_THREADS or OPENBLAS_NUM_THREADS
+    allows (a user's environment, a cluster image), and those threads fight the other shard tasks for
+    the node's CPUs (docs/benchmarks.md, sharding).
     """
 
     def __init__(self) -> None:
