@@ -116,6 +116,12 @@ class _ShardLoader:
     def __len__(self) -> int:
         return len(batch_sizes(self._rank_samples(), self.batch_size, drop_last=self._mode == "train"))
 
+    def _share(self) -> EpochShare:
+        """This rank's share of the epoch in progress (pipeline/loader/plan.py)."""
+        return EpochShare(seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                          batch_size=self.batch_size, num_workers=max(self.num_workers, 1),
+                          window=self.shuffle_window, deals=self.deals)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._running:
             raise UserError("this loader is already in a pass: one iterator at a time (finish the other pass, "
@@ -126,10 +132,8 @@ class _ShardLoader:
             return
         self._check_shards_present()
         spec = EpochSpec(dataset=self.dataset, shards=self.shards, num_classes=int(self.manifest["num_classes"]),
-                         mode=self._mode, crop=self.crop, image_size=self.image_size, seed=self.seed,
-                         epoch=self.epoch, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
-                         num_workers=max(self.num_workers, 1), window=self.shuffle_window, resume_batches=start,
-                         skip_bad=self.skip_bad_samples, index=self.index, deals=self.deals)
+                         mode=self._mode, crop=self.crop, image_size=self.image_size,
+                         share=self._share(), resume_batches=start, skip_bad=self.skip_bad_samples, index=self.index)
         pool = self._open_pool(batch_layout(spec))
         # A private generator: starting a pass then never draws from the global torch RNG (which dropout
         # uses), so a run resumed mid-epoch sees the same dropout masks as the uninterrupted one.
@@ -266,9 +270,7 @@ class TrainLoader(_ShardLoader):
     def batch_positions(self) -> list:
         """Epoch positions of the samples in each of this rank's batches of the current deal, by batch
         number (numpy int arrays): what an audit of the epoch marks as trained."""
-        return rank_batch_positions([n for _, n in self.shards], EpochShare(
-            seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
-            num_workers=max(self.num_workers, 1), window=self.shuffle_window, deals=self.deals))
+        return rank_batch_positions([n for _, n in self.shards], self._share())
 
 
 class EvalLoader(_ShardLoader):

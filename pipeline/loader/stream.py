@@ -40,23 +40,10 @@ class EpochSpec:
     mode: str  # "train" (random crop + flip), "centre" or "ten_crop"
     crop: int
     image_size: int  # the manifest's: images of this size are decoded in place
-    seed: int
-    epoch: int
-    rank: int
-    world_size: int
-    batch_size: int
-    num_workers: int  # >= 1: the number of blocks the rank's share is cut into
-    window: int
+    share: EpochShare  # which of the epoch's samples this rank reads, in which order
     resume_batches: int  # the rank's batches already consumed this epoch
     skip_bad: bool
     index: SampleIndex  # each position's key, label and image checksum: every sample is checked against it
-    deals: tuple = ()  # the epoch's closed deals (pipeline/loader/deals.py): non-empty after a resize
-
-    def share(self) -> EpochShare:
-        """The rank's share of the epoch this spec reads (pipeline/loader/plan.py)."""
-        return EpochShare(seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
-                          batch_size=self.batch_size, num_workers=self.num_workers, window=self.window,
-                          deals=self.deals)
 
 
 class EpochStream(IterableDataset):
@@ -68,7 +55,7 @@ class EpochStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         train = spec.mode == "train"
-        plan = worker_plan([n for _, n in spec.shards], spec.share(), worker=worker, drop_last=train, shuffle=train)
+        plan = worker_plan([n for _, n in spec.shards], spec.share, worker=worker, drop_last=train, shuffle=train)
         try:
             yield from _batches(spec, plan, self.pool if info is not None else None, worker)
         except ShardReadError as error:
@@ -122,7 +109,7 @@ def _batches(spec: EpochSpec, plan: WorkerPlan, pool: BatchPool | None, worker: 
 
 
 def batch_layout(spec: EpochSpec) -> BatchLayout:
-    return BatchLayout.for_mode(spec.mode, spec.batch_size, spec.crop, spec.image_size)
+    return BatchLayout.for_mode(spec.mode, spec.share.batch_size, spec.crop, spec.image_size)
 
 
 def _fill_bad(images: np.ndarray, labels: np.ndarray, bad: list[int], last_good, spec: EpochSpec):
