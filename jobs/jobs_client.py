@@ -63,9 +63,8 @@ def connect(address: str | None):
 
     url = dashboard_address(address)
     token = auth_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        client = JobSubmissionClient(url, headers=headers)
+        client = JobSubmissionClient(url, headers=_headers())
         client.list_jobs()  # the version check may pass unauthenticated; this request cannot
         return client
     except AuthenticationError as error:
@@ -75,6 +74,21 @@ def connect(address: str | None):
                         f"dashboard's http URL? ({TUNNEL_HINT})") from None
     except RuntimeError as error:
         raise UserError(f"{url} does not answer as a Ray dashboard: {error}") from None
+
+
+def _headers() -> dict | None:
+    token = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
+def cluster_nodes(client) -> list[dict]:
+    """The cluster's nodes as its dashboard's state API lists them (dead ones included), with the same
+    token as the jobs client."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    state = StateApiClient(address=client.get_address(), headers=_headers())
+    return state.list(StateResource.NODES, options=ListApiOptions(limit=1000), raise_on_missing_output=False)
 
 
 def _auth_message(url: str, token: str | None, detail: str) -> str:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs.jobs_client import connect, follow_job
+from jobs.jobs_client import cluster_nodes, connect, follow_job
 from jobs.parser import build_parser
 from jobs.package import build_zip, project_root
 from pipeline.errors import UserError
@@ -89,8 +89,7 @@ def _check_head_alive(client) -> None:
     """A head node whose raylet died (it fate-shares with the job agent) keeps its dashboard answering,
     but no job can start there: say so at once instead of retrying."""
     try:
-        response = client._do_request("GET", "/api/v0/nodes?detail=false&limit=1000")
-        nodes = response.json()["data"]["result"]["result"]
+        nodes = cluster_nodes(client)
     except Exception:  # an older or restricted dashboard: submitting will tell
         return
     heads = [n for n in nodes if n.get("is_head_node")]
