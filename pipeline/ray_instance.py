@@ -77,13 +77,34 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
         runtime_env = {"env_vars": env}
     if not sys.stdout.isatty():  # Ray's "(RayTrainWorker pid=...)" prefixes: no colour codes in a file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    with environ_set(settings):
+    with environ_set(settings), _started_deaf_to_ctrl_c(target == LOCAL):
         ray.init(address=target, logging_level="WARNING", runtime_env=runtime_env, **init_options)
     mute_worker_lines(MUTED_WORKER_LINES)
     try:
         yield env.get("RAY_ADDRESS", target)
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _started_deaf_to_ctrl_c(local: bool) -> Iterator[None]:
+    """Ray's processes of a local instance start in the terminal's process group, so Ctrl-C reached all
+    of them: the dashboard's module processes died of it, and Ray Train's graceful abort then waited
+    ~8 s on its placement-group cleaner's state-API queries before the driver could exit. A process
+    started while SIGINT is ignored keeps ignoring it (exec keeps SIG_IGN; Python then installs no
+    KeyboardInterrupt handler), so the instance's processes are started that way; the driver's own
+    handler is back once ray.init returns. A Ctrl-C during those seconds of start-up is lost."""
+    import signal
+    import threading
+
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def mute_worker_lines(texts: tuple[str, ...]) -> None:

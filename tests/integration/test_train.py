@@ -103,14 +103,14 @@ def test_two_replicas_train_and_fill_the_run_folder(reference, small_dataset):
 
 
 def start_paused(args: list[str], pid_file: str, rank: int, points: str = str(KILL_STEP),
-                 env: dict | None = None) -> tuple[subprocess.Popen, psutil.Process]:
+                 env: dict | None = None, new_session: bool = False) -> tuple[subprocess.Popen, psutil.Process]:
     """Start `alexnet train` whose rank `rank` stops at the hook's `points` (after step KILL_STEP unless
     given; several, comma-separated, pause at PID_FILE.POINT each); return the driver and the worker
     paused at the first."""
     env = {**os.environ, **(env or {}), "ALEXNET_DEBUG_PAUSE_STEP": points, "ALEXNET_DEBUG_PAUSE_RANK": str(rank),
            "ALEXNET_DEBUG_PID_FILE": pid_file}
     driver = subprocess.Popen(alexnet_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                              text=True, start_new_session=new_session)
     first = pid_file if "," not in points else f"{pid_file}.{points.split(',')[0]}"
     worker = psutil.Process(wait_for_pause(driver, first))
     assert worker.pid != driver.pid and "RayTrainWorker" in worker.name()
@@ -159,14 +159,27 @@ def test_same_command_continues_after_driver_death_past_a_cut_off_upload(referen
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_none(small_dataset, ray_head, tiny_config, tmp_path):
     """Interrupted before any checkpoint, the run says nothing of one, quietly, and the same command
-    again says it starts over rather than continues."""
+    again says it starts over rather than continues. The second time it runs on a private local instance
+    in a session of its own, and Ctrl-C goes to the whole process group, as a terminal sends it: the
+    instance's processes ignore it (else the dashboard's processes die of it, and Ray Train's abort waits
+    on the state API they served), so only the driver acts on it."""
     runs = str(tmp_path / "runs")
     run_dir = os.path.join(runs, "early")
     args = train_args(small_dataset, "early", runs, tiny_config, ray_head)
     for attempt in range(2):
-        driver, _ = start_paused(args, str(tmp_path / f"worker{attempt}.pid"), rank=0, points="1")  # step 1 of 14
+        local = attempt == 1
+        driver, _ = start_paused(args[:-2] if local else args, str(tmp_path / f"worker{attempt}.pid"), rank=0,
+                                 points="1", new_session=local)  # paused after step 1 of 14
+        if local:
+            group = [p for p in psutil.Process(driver.pid).children(recursive=True) if _group_of(p) == driver.pid]
+            assert any("raylet" in p.name() for p in group), [p.name() for p in group]
+            deaf = [p for p in group if _deaf_to_sigint(p)]
+            assert deaf == group, f"would take Ctrl-C: {[p.name() for p in group if p not in deaf]}"
         started = time.monotonic()
-        driver.send_signal(signal.SIGINT)
+        if local:
+            os.killpg(driver.pid, signal.SIGINT)
+        else:
+            driver.send_signal(signal.SIGINT)
         console = driver.communicate(timeout=120)[0]
         print(f"attempt {attempt}: exit {time.monotonic() - started:.1f} s after Ctrl-C")
         assert driver.returncode == 130, console[-3000:]
@@ -178,6 +191,31 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_none(small_dataset, ra
         assert checkpoint_names(run_dir) == []
         if attempt:
             assert f"alexnet train: run {run_dir} stopped before its first checkpoint: starting it again" in console
+
+
+def _group_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except ProcessLookupError:
+        return None
+
+
+def _deaf_to_sigint(process: psutil.Process) -> bool:
+    """SIGINT ignored (SigIgn in /proc/PID/status), or blocked in every thread (SigBlk of each task, as
+    Ray starts its own processes): masks in hex, bit N-1 for signal N."""
+    bit = 1 << (signal.SIGINT - 1)
+
+    def mask(path: str, field: str) -> int:
+        with open(path) as f:
+            return int(next(line.split()[1] for line in f if line.startswith(field + ":")), 16)
+
+    try:
+        if mask(f"/proc/{process.pid}/status", "SigIgn") & bit:
+            return True
+        return all(mask(f"/proc/{process.pid}/task/{task}/status", "SigBlk") & bit
+                   for task in os.listdir(f"/proc/{process.pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):  # gone meanwhile: nothing left to interrupt
+        return True
 
 
 def test_clear_errors_before_any_worker_starts(reference, small_dataset, ray_head, tiny_config, tmp_path):
