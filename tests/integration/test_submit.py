@@ -92,6 +92,51 @@ def test_unreachable_address_and_bad_arguments_fail_clearly():
     assert result.returncode == 2 and "give the job's command after `--`" in result.stderr
 
 
+def test_a_cluster_on_another_ray_version_is_refused_before_upload(tmp_path):
+    """A dashboard that answers as Ray 2.0.0 does (its /api/version and an empty job list): the job
+    would run this project against another Ray, so submit says both versions and uploads nothing."""
+    import http.server
+    import json
+    import threading
+
+    import ray
+
+    asked = []
+
+    class Dashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            body = {"/api/version": {"version": "4", "ray_version": "2.0.0", "ray_commit": "x",
+                                     "session_name": "s"}}.get(self.path, [])
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # an upload or a submission: never expected
+            asked.append(f"POST {self.path}")
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_cli("submit", "--address", f"http://127.0.0.1:{server.server_port}", "--", "eval",
+                         "--checkpoint", tmp_path, "--data", tmp_path, check=False, timeout=60)
+    finally:
+        server.shutdown()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"alexnet submit: error: the cluster runs Ray 2.0.0 but this client has Ray "
+                                     f"{ray.__version__}: the job would run this project against a different "
+                                     "Ray; install the same version")
+    assert not any(path.startswith(("POST", "PUT")) for path in asked), asked
+
+
 # ---- real jobs on the session's Ray head -------------------------------------------------------------
 
 # A shard, a train and an eval job, followed to the end with `jobs status` and `jobs logs`: on the autoscaling
