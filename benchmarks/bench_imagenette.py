@@ -97,6 +97,9 @@ def main() -> int:
             results.append(cached_report(run, shards, Path(args.data), out, ledger, why))
         elif _epochs(run):  # still training (or given up): what its epochs say so far, nothing evaluated
             results.append(progress_of(run, ledger, why))
+    for result in results:  # a cached report keeps the reasons it was made with: today's --why wins
+        for key, departure in result["departures"].items():
+            departure["why"] = why.get(key, departure["why"])
     summary = {"cpu": cpu_model(), "commit": _commit(), "data": str(Path(args.data).resolve()),
                "config": args.config, "runs": results, "fastai": FASTAI}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
