@@ -77,10 +77,10 @@ def own_ray(address: str | None, env_vars: dict | None = None, **init_options) -
         runtime_env = {"env_vars": env}
     if not sys.stdout.isatty():  # Ray's "(RayTrainWorker pid=...)" prefixes: no colour codes in a file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    with environ_set(settings), _started_deaf_to_ctrl_c(target == LOCAL):
-        ray.init(address=target, logging_level="WARNING", runtime_env=runtime_env, **init_options)
-    mute_worker_lines(MUTED_WORKER_LINES)
-    try:
+    try:  # a Ctrl-C held back during start-up arrives as the instance is up: it is stopped too
+        with environ_set(settings), _started_deaf_to_ctrl_c(target == LOCAL):
+            ray.init(address=target, logging_level="WARNING", runtime_env=runtime_env, **init_options)
+        mute_worker_lines(MUTED_WORKER_LINES)
         yield env.get("RAY_ADDRESS", target)
     finally:
         ray.shutdown()
@@ -92,19 +92,22 @@ def _started_deaf_to_ctrl_c(local: bool) -> Iterator[None]:
     of them: the dashboard's module processes died of it, and Ray Train's graceful abort then waited
     ~8 s on its placement-group cleaner's state-API queries before the driver could exit. A process
     started while SIGINT is ignored keeps ignoring it (exec keeps SIG_IGN; Python then installs no
-    KeyboardInterrupt handler), so the instance's processes are started that way; the driver's own
-    handler is back once ray.init returns. A Ctrl-C during those seconds of start-up is lost."""
+    KeyboardInterrupt handler), so the instance's processes are started that way. SIGINT is also
+    blocked meanwhile, and Linux keeps a blocked signal pending even when ignored: a Ctrl-C during
+    start-up reaches the driver's own handler once it is back, instead of being lost."""
     import signal
     import threading
 
     if not local or threading.current_thread() is not threading.main_thread():
         yield
         return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def mute_worker_lines(texts: tuple[str, ...]) -> None:
