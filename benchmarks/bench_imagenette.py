@@ -18,7 +18,7 @@ curves, Figure 3 and Figure 4 of the first run into a folder (small palette PNGs
 
 Killed and given again, it continues: finished splits are kept, a run resumes from its last checkpoint
 (a finished run is not redone, nor evaluated again: OUT/reports/), and each sitting's wall-clock and CPU
-seconds add to OUT/ledger.json.
+seconds add to OUT/ledger.json (a sitting killed mid-step too: a step writes its figures every minute).
 CPU seconds are every process of a step (Ray's workers included), counted by a cgroup of the step's
 own (benchmarks/cpu_meter.py; needs root), else left out. Nothing here knows Imagenette: DATA is any
 tree of train/<synset>/ and val/<synset>/ folders, and --config any recipe.
@@ -27,6 +27,7 @@ tree of train/<synset>/ and val/<synset>/ folders, and --config any recipe.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,8 +90,8 @@ def main() -> int:
             settings = [f"width={width}", f"seed={seed}", f"cpus_per_worker={args.cpus}", *args.set]
             before = len(_epochs(run))
             ledger.step(f"train {name}", ["train", "--config", args.config, "--data", str(shards), "--storage",
-                                          str(out / "runs"), "--name", name, *[a for s in settings for a in ("--set", s)]])
-            ledger.add(f"train {name}", "epochs", len(_epochs(run)) - before)  # what this sitting's seconds bought
+                                          str(out / "runs"), "--name", name, *[a for s in settings for a in ("--set", s)]],
+                        epochs=lambda: len(_epochs(run)) - before)  # what this sitting's seconds bought
     results = []
     for run in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:  # every run OUT holds
         records = read_metrics(str(run), missing_ok=True)
@@ -115,42 +117,70 @@ def main() -> int:
 
 
 class Ledger:
-    """Each step's wall-clock and CPU seconds, summed over every sitting that ran it (OUT/ledger.json)."""
+    """Each step's wall-clock and CPU seconds, summed over every sitting that ran it (OUT/ledger.json).
+
+    A long step writes its figures so far every minute under "open"; a sitting killed before the step
+    ended (the machine or the session went) leaves them there, and the next sitting adds them in."""
+
+    POLL_S = 60.0
 
     def __init__(self, path: Path):
         self.path = path
         self.steps = json.loads(path.read_text()) if path.is_file() else {}
 
-    def step(self, label: str, command: list[str], capture: bool = False, cwd: Path | None = None) -> str:
-        """Run `alexnet COMMAND...`; a failure stops the benchmark with the command's own message."""
+    def step(self, label: str, command: list[str], capture: bool = False, cwd: Path | None = None,
+             epochs: Callable[[], int] | None = None) -> str:
+        """Run `alexnet COMMAND...`; a failure stops the benchmark with the command's own message.
+        `epochs` counts what the step has trained so far in this sitting, summed like its seconds."""
+        entry = self.steps.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "sittings": 0, "cpu_metered": True})
+        _add_sitting(entry, entry.pop("open", None))  # a sitting killed before this step ended
         argv = [str(Path(sys.executable).parent / "alexnet"), *command]
         print(f"$ alexnet {' '.join(command)}", flush=True)
         started = time.perf_counter()
         try:
-            with CpuCgroup() as group:
-                done = subprocess.run(argv, capture_output=capture, text=True, cwd=cwd)
-                cpu = group.seconds()
+            group = CpuCgroup()
         except SystemExit:  # no writable cgroup mount: wall-clock only
-            done, cpu = subprocess.run(argv, capture_output=capture, text=True, cwd=cwd), None
-        wall = time.perf_counter() - started
-        entry = self.steps.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "sittings": 0, "cpu_metered": True})
-        entry["wall_s"] += wall
-        entry["sittings"] += 1
-        if cpu is None:
-            entry["cpu_metered"] = False
-        else:
-            entry["cpu_s"] += cpu
+            group = None
+        with group or contextlib.nullcontext():
+            pipe = subprocess.PIPE if capture else None
+            process = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, cwd=cwd)
+            while True:
+                try:
+                    stdout, stderr = process.communicate(timeout=self.POLL_S)
+                    break
+                except subprocess.TimeoutExpired:  # retrying communicate loses no output
+                    entry["open"] = self._sitting(started, group, epochs)
+                    self._write()
+            sitting = self._sitting(started, group, epochs)
+        entry.pop("open", None)
+        _add_sitting(entry, sitting)
+        self._write()
+        if process.returncode != 0:
+            raise SystemExit(f"alexnet {command[0]} failed (exit {process.returncode})"
+                             + (f": {stderr.strip()[-2000:]}" if capture else ""))
+        return stdout if capture else ""
+
+    @staticmethod
+    def _sitting(started: float, group: CpuCgroup | None, epochs: Callable[[], int] | None) -> dict:
+        return {"wall_s": time.perf_counter() - started, "cpu_s": group.seconds() if group else None,
+                **({"epochs": epochs()} if epochs else {})}
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.steps, indent=1) + "\n")
-        if done.returncode != 0:
-            raise SystemExit(f"alexnet {command[0]} failed (exit {done.returncode})"
-                             + (f": {done.stderr.strip()[-2000:]}" if capture else ""))
-        return done.stdout if capture else ""
 
-    def add(self, label: str, key: str, value: float) -> None:
-        entry = self.steps[label]
-        entry[key] = entry.get(key, 0) + value
-        self.path.write_text(json.dumps(self.steps, indent=1) + "\n")
+
+def _add_sitting(entry: dict, sitting: dict | None) -> None:
+    if sitting is None:
+        return
+    entry["wall_s"] += sitting["wall_s"]
+    entry["sittings"] += 1
+    if sitting["cpu_s"] is None:
+        entry["cpu_metered"] = False
+    else:
+        entry["cpu_s"] += sitting["cpu_s"]
+    if "epochs" in sitting:
+        entry["epochs"] = entry.get("epochs", 0) + sitting["epochs"]
 
 
 def _epochs(run: Path) -> list[dict]:
