@@ -144,6 +144,7 @@ class Ledger:
         with group or contextlib.nullcontext():
             pipe = subprocess.PIPE if capture else None
             process = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, cwd=cwd)
+            interrupted = False
             while True:
                 try:
                     stdout, stderr = process.communicate(timeout=self.POLL_S)
@@ -151,10 +152,17 @@ class Ledger:
                 except subprocess.TimeoutExpired:  # retrying communicate loses no output
                     entry["open"] = self._sitting(started, group, epochs)
                     self._write()
+                except KeyboardInterrupt:  # the command had the same Ctrl-C: it stops as it does alone
+                    interrupted, stdout, stderr = True, "", ""
+                    process.wait()
+                    break
             sitting = self._sitting(started, group, epochs)
         entry.pop("open", None)
         _add_sitting(entry, sitting)
         self._write()
+        if interrupted:
+            raise SystemExit(f"interrupted in `alexnet {command[0]}`: its seconds are counted and what it "
+                             "finished is kept; give the same command again to continue")
         if process.returncode != 0:
             raise SystemExit(f"alexnet {command[0]} failed (exit {process.returncode})"
                              + (f": {stderr.strip()[-2000:]}" if capture else ""))
