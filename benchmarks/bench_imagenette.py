@@ -215,7 +215,8 @@ def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
     steps = [r for r in records if r["kind"] == "step"]
     ends = [r for r in records if r["kind"] == "end"]
     config = json.loads((run / "config.json").read_text())
-    train_steps = ledger.steps.get(f"train {run.name}", {})
+    train_steps = dict(ledger.steps.get(f"train {run.name}", {}))
+    _add_sitting(train_steps, train_steps.pop("open", None))  # a sitting still going counts so far
     paper = read_config_file("imagenet")
     departures = {k: {"value": config[k], "paper": paper.get(k), "why": why.get(k, "")}
                   for k in sorted(config) if k not in MACHINE_KEYS and k in paper and config[k] != paper[k]}
