@@ -11,6 +11,7 @@ stopped at the end.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -59,10 +60,16 @@ def test_shard_tasks_spread_over_both_nodes(three_nodes, sample_images, tmp_path
         shutil.copy(image, folder / f"{image.name[:9]}_{i}.JPEG")
     run_cli("shard", tmp_path / "train", tmp_path / "shards", "--split", "train", "--shard-size", "1",
             "--address", cluster.address, timeout=300)
-    shard_nodes = {t.node_id for t in list_tasks(address=f"http://{cluster.webui_url}",
-                                                  filters=[("name", "=", "write_shard")], detail=True, limit=1000)
-                   if t.node_id}
-    assert shard_nodes == set(worker_ids)  # 8 one-image shards, 1 CPU per node: both nodes did some
+    # Task events reach the state API from each node's workers in batches, a second or more after the
+    # task ended (later under load): wait until all 8 are reported with their node
+    deadline, finished = time.monotonic() + 60, []
+    while len(finished) < 8 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        finished = [t for t in list_tasks(address=f"http://{cluster.webui_url}", filters=[("name", "=", "write_shard")],
+                                          detail=True, limit=1000) if t.node_id and t.state == "FINISHED"]
+    assert len(finished) == 8, finished
+    nodes = collections.Counter(t.node_id for t in finished)
+    assert set(nodes) == set(worker_ids), nodes  # 8 one-image shards, SPREAD: both nodes did some
 
 
 # 120 samples, batch 14, one epoch, checkpoints every 2 steps. At 2 replicas the epoch is 4 steps (4
