@@ -64,7 +64,7 @@ def connect(address: str | None):
     url = dashboard_address(address)
     token = auth_token()
     try:
-        client = JobSubmissionClient(url, headers=_headers())
+        client = JobSubmissionClient(url, headers=_headers(token))
         client.list_jobs()  # the version check may pass unauthenticated; this request cannot
         return client
     except AuthenticationError as error:
@@ -76,8 +76,7 @@ def connect(address: str | None):
         raise UserError(f"{url} does not answer as a Ray dashboard: {error}") from None
 
 
-def _headers() -> dict | None:
-    token = auth_token()
+def _headers(token: str | None) -> dict | None:
     return {"Authorization": f"Bearer {token}"} if token else None
 
 
@@ -87,7 +86,7 @@ def cluster_nodes(client) -> list[dict]:
     from ray.util.state import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
-    state = StateApiClient(address=client.get_address(), headers=_headers())
+    state = StateApiClient(address=client.get_address(), headers=_headers(auth_token()))
     return state.list(StateResource.NODES, options=ListApiOptions(limit=1000), raise_on_missing_output=False)
 
 
