@@ -324,11 +324,14 @@ def markdown(summary: dict) -> str:
     row("conv1 colour specificity, tower 1 / 2", lambda r: " / ".join(f"{t['mean']:.2f}"
                                                                       for t in r["colour_specificity"]))
     row("departures from the paper's recipe", lambda r: "; ".join(
-        f"{k} {d['value']} (paper {d['paper']}){': ' + d['why'] if d['why'] else ''}"
-        for k, d in r["departures"].items()) or "none")
+        f"{k} {d['value']} (paper {d['paper']})" for k, d in r["departures"].items()) or "none")
     evaluated = [r for r in runs if "centre_crop" in r]
-    val = evaluated[0]["centre_crop"].get("samples", "") if evaluated else "the"
-    lines = ["\n".join(rows), "",
+    val = f"{evaluated[0]['centre_crop']['samples']:,}" if evaluated and "samples" in evaluated[0]["centre_crop"] \
+        else "the"
+    reasons = {k: d["why"] for r in runs for k, d in r["departures"].items() if d["why"]}
+    lines = ["\n".join(rows), *[line for spread in seed_spreads(evaluated) for line in ("", spread)],
+             *(["", "Why each departure: " + "; ".join(f"**{k}**: {why}" for k, why in reasons.items()) + "."]
+               if reasons else []), "",
              f"{val} validation photographs; `python benchmarks/bench_imagenette.py --data DATA --out OUT "
              f"--width W --seeds S` (recipe `{summary['config']}`), on {summary['cpu']}, commit "
              f"{summary['commit']}. Random kernels score 0.67 colour specificity.", "",
@@ -340,6 +343,31 @@ def markdown(summary: dict) -> str:
                   f"width {evaluated[0]['width']:g}, seed {evaluated[0]['seed']}):",
                   "", "```", f"$ {example['command']}", example["printed"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def seed_spreads(evaluated: list[dict]) -> list[str]:
+    """How far apart the seeds of one recipe landed: a single seed's error says little without it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in evaluated:
+        recipe = tuple(sorted((k, str(d["value"])) for k, d in r["departures"].items()))
+        groups.setdefault((r["width"], recipe), []).append(r)
+    lines = []
+    for (width, _), group in groups.items():
+        if len(group) < 2:
+            continue
+
+        def spread(values: list[float]) -> str:
+            return (f"{min(values):.1%} to {max(values):.1%} (mean {statistics.mean(values):.1%}, "
+                    f"{(max(values) - min(values)) * 100:.1f} points apart)")
+
+        lines.append(
+            f"Over the seeds of width {width:g} ({', '.join(str(r['seed']) for r in group)}): top-1 error "
+            f"{spread([r['centre_crop']['top1_error'] for r in group])} with the centre crop, "
+            f"{spread([r['ten_crop']['top1_error'] for r in group])} with ten crops; best epoch / epochs run "
+            + ", ".join(f"{r['best_epoch']} / {r['epochs_run']}" for r in group) + "; "
+            "conv1 colour specificity by tower " + ", ".join(
+                " / ".join(f"{t['mean']:.2f}" for t in r["colour_specificity"]) for r in group) + ".")
+    return lines
 
 
 def replace_between_markers(path: Path, table: str) -> None:
