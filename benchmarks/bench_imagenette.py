@@ -120,18 +120,26 @@ class Ledger:
     """Each step's wall-clock and CPU seconds, summed over every sitting that ran it (OUT/ledger.json).
 
     A long step writes its figures so far every minute under "open"; a sitting killed before the step
-    ended (the machine or the session went) leaves them there, and the next sitting adds them in."""
+    ended (the machine or the session went) leaves them there, and the next sitting adds them in.
+    A sitting writes back only the steps it ran, so a second one on the same OUT (a --skip-train
+    report while a run trains) loses neither's seconds."""
 
     POLL_S = 60.0
 
     def __init__(self, path: Path):
         self.path = path
-        self.steps = json.loads(path.read_text()) if path.is_file() else {}
+        self.steps = self._read()
+        self.ran: set[str] = set()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def step(self, label: str, command: list[str], capture: bool = False, cwd: Path | None = None,
              epochs: Callable[[], int] | None = None) -> str:
         """Run `alexnet COMMAND...`; a failure stops the benchmark with the command's own message.
         `epochs` counts what the step has trained so far in this sitting, summed like its seconds."""
+        self.steps = {**self._read(), **{k: self.steps[k] for k in self.ran}}  # another sitting's steps too
+        self.ran.add(label)
         entry = self.steps.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "sittings": 0, "cpu_metered": True})
         _add_sitting(entry, entry.pop("open", None))  # a sitting killed before this step ended
         argv = [str(Path(sys.executable).parent / "alexnet"), *command]
@@ -174,8 +182,11 @@ class Ledger:
                 **({"epochs": epochs()} if epochs else {})}
 
     def _write(self) -> None:
+        self.steps = {**self._read(), **{k: self.steps[k] for k in self.ran}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.steps, indent=1) + "\n")
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(self.steps, indent=1) + "\n")
+        os.replace(partial, self.path)  # a sitting killed mid-write leaves the last whole ledger
 
 
 def _add_sitting(entry: dict, sitting: dict | None) -> None:
