@@ -43,6 +43,7 @@ from cpu_meter import CpuCgroup, cpu_model  # noqa: E402
 
 from trainer.config import read_config_file  # noqa: E402
 from trainer.report import read_metrics  # noqa: E402
+from trainer.schedule import PlateauSchedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- imagenette-results:start -->", "<!-- imagenette-results:end -->"
@@ -99,9 +100,6 @@ def main() -> int:
             results.append(cached_report(run, shards, Path(args.data), out, ledger, why))
         elif _epochs(run):  # still training (or given up): what its epochs say so far, nothing evaluated
             results.append(progress_of(run, ledger, why))
-    for result in results:  # a cached report keeps the reasons it was made with: today's --why wins
-        for key, departure in result["departures"].items():
-            departure["why"] = why.get(key, departure["why"])
     summary = {"cpu": cpu_model(), "commit": _commit(), "data": str(Path(args.data).resolve()),
                "config": args.config, "runs": results, "fastai": FASTAI}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -231,7 +229,7 @@ def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
     paper = read_config_file("imagenet")
     departures = {k: {"value": config[k], "paper": paper.get(k), "why": why.get(k, "")}
                   for k in sorted(config) if k not in MACHINE_KEYS and k in paper and config[k] != paper[k]}
-    best = min(epochs, key=lambda r: r["val_top1_error"])
+    best = _best_epoch(epochs, config["threshold"])
     return {
         "run": str(run), "width": config["width"], "seed": config["seed"], "precision": config["precision"],
         "departures": departures, "finished": bool(ends), "end_reason": ends[-1]["reason"] if ends else None,
@@ -251,13 +249,26 @@ def _from_records(run: Path, ledger: Ledger, why: dict) -> dict:
     }
 
 
+def _best_epoch(epochs: list[dict], threshold: float) -> dict:
+    """The epoch of the run's best checkpoint, by the schedule's own rule: an epoch is better only when
+    its error drops by more than `threshold`, so a later tie or a half-photograph gain is not it."""
+    rule = PlateauSchedule(1.0, threshold=threshold)
+    for record in epochs:
+        rule.step(record["val_top1_error"])
+    return epochs[rule.best_epoch]
+
+
 def cached_report(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, why: dict) -> dict:
     """A finished run is evaluated once: its report is kept in OUT/reports/ beside the run's end record
     it was made from, and made again only when that record changes (the run was started over)."""
     cache = out / "reports" / f"{run.name}.json"
     end = [r for r in read_metrics(str(run)) if r["kind"] == "end"][-1]
     if cache.is_file() and json.loads(cache.read_text()).get("end_record") == end:
-        return json.loads(cache.read_text())["report"]
+        cached = json.loads(cache.read_text())["report"]
+        fresh = _from_records(run, ledger, why)  # cheap: the ledger's and the records' latest figures
+        for key, departure in fresh["departures"].items():  # a reason given once is kept
+            departure["why"] = departure["why"] or cached["departures"].get(key, {}).get("why", "")
+        return {**cached, **fresh}
     report = report_run(run, shards, data, out, ledger, why)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"end_record": end, "report": report}, indent=1) + "\n")
