@@ -1,0 +1,57 @@
+"""benchmarks/bench_imagenette.py's own bookkeeping: the results table's figures must name what was
+evaluated, and its seconds must survive two sittings on one output folder (docs/imagenette.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_imagenette as bench  # noqa: E402
+
+
+def _epoch(number: int, error: float) -> dict:
+    return {"kind": "epoch", "epoch": number, "val_top1_error": error}
+
+
+def test_the_best_epoch_is_the_one_the_schedule_kept_as_its_checkpoint():
+    # epoch 3 is lower than epoch 2 by one photograph in 2,000: not better by the schedule's rule, so
+    # the run's best/ checkpoint, the one the table's errors come from, is epoch 2's
+    epochs = [_epoch(1, 0.5), _epoch(2, 0.3), _epoch(3, 0.2995), _epoch(4, 0.31)]
+    assert bench._best_epoch(epochs, threshold=1e-3)["epoch"] == 2
+    assert bench._best_epoch(epochs, threshold=0.0)["epoch"] == 3
+
+
+def test_two_sittings_on_one_output_folder_keep_each_others_steps(tmp_path):
+    """A report made while a run trains: each sitting loaded the ledger before the other wrote."""
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({"train w": {"wall_s": 100.0, "cpu_s": 150.0, "sittings": 1, "cpu_metered": True,
+                                            "epochs": 2}}))
+    training, report = bench.Ledger(path), bench.Ledger(path)
+    training.step("shard train", ["--help"], capture=True)
+    report.step("plot w", ["--help"], capture=True)
+    training.step("shard val", ["--help"], capture=True)
+    steps = json.loads(path.read_text())
+    assert set(steps) == {"train w", "shard train", "plot w", "shard val"}
+    assert steps["train w"]["wall_s"] == 100.0 and steps["train w"]["epochs"] == 2
+    assert all(steps[label]["sittings"] == 1 and steps[label]["wall_s"] > 0
+               for label in ("shard train", "plot w", "shard val"))
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]  # no partial file left behind
+
+
+def _evaluated(width: float, seed: int, centre: float, ten: float, departures: dict | None = None) -> dict:
+    return {"width": width, "seed": seed, "departures": departures or {}, "best_epoch": 40, "epochs_run": 45,
+            "centre_crop": {"top1_error": centre}, "ten_crop": {"top1_error": ten},
+            "colour_specificity": [{"mean": 0.5}, {"mean": 0.25}]}
+
+
+def test_seeds_of_one_recipe_get_their_spread_and_other_recipes_do_not():
+    bias = {"positive_bias": {"value": 0.1, "paper": 1.0, "why": ""}}
+    runs = [_evaluated(0.25, 0, 0.22, 0.20), _evaluated(0.25, 1, 0.24, 0.23), _evaluated(0.25, 2, 0.23, 0.21),
+            _evaluated(0.25, 0, 0.30, 0.28, bias), _evaluated(1.0, 0, 0.15, 0.13)]
+    (line,) = bench.seed_spreads(runs)
+    assert line.startswith("Over the seeds of width 0.25 (0, 1, 2): top-1 error 22.0% to 24.0% (mean 23.0%, "
+                           "2.0 points apart) with the centre crop, 20.0% to 23.0% (mean 21.3%, 3.0 points apart) "
+                           "with ten crops")
+    assert bench.seed_spreads(runs[3:]) == []
