@@ -70,7 +70,8 @@ def main() -> int:
                         help="more config keys for every run (machine settings such as precision=bf16)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs per training worker (default all)")
     parser.add_argument("--why", action="append", default=[], metavar="KEY=TEXT",
-                        help="why a config key departs from the paper's recipe, for the table (repeatable)")
+                        help="why a config key departs from the paper's recipe, for the table (repeatable; "
+                             "kept in OUT/departures.json for later reports)")
     parser.add_argument("--update", nargs="*", default=[], metavar="FILE",
                         help="replace the table between the imagenette-results markers of these files")
     parser.add_argument("--figures", help="copy the first run's curves, Figure 3 and Figure 4 here")
@@ -83,7 +84,11 @@ def main() -> int:
     for split in ("train", "val"):
         ledger.step(f"shard {split}", ["shard", str(Path(args.data, split)), str(shards), "--split", split])
     recipe = [s for s in args.set if s.split("=", 1)[0] not in MACHINE_KEYS]  # part of a run's name
-    why = dict(w.split("=", 1) for w in args.why)
+    reasons = out / "departures.json"  # a reason given once stays with OUT for every later report
+    why = {**(json.loads(reasons.read_text()) if reasons.is_file() else {}), **dict(w.split("=", 1) for w in args.why)}
+    if args.why:
+        reasons.parent.mkdir(parents=True, exist_ok=True)
+        reasons.write_text(json.dumps(why, indent=1) + "\n")
     for width, seed in [(w, s) for w in args.width for s in args.seeds]:
         name = "-".join([f"width{width:g}-seed{seed}", *(s.replace("=", "") for s in recipe)])
         run = out / "runs" / name
@@ -264,11 +269,8 @@ def cached_report(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger
     cache = out / "reports" / f"{run.name}.json"
     end = [r for r in read_metrics(str(run)) if r["kind"] == "end"][-1]
     if cache.is_file() and json.loads(cache.read_text()).get("end_record") == end:
-        cached = json.loads(cache.read_text())["report"]
-        fresh = _from_records(run, ledger, why)  # cheap: the ledger's and the records' latest figures
-        for key, departure in fresh["departures"].items():  # a reason given once is kept
-            departure["why"] = departure["why"] or cached["departures"].get(key, {}).get("why", "")
-        return {**cached, **fresh}
+        # the records' and the ledger's figures are cheap: taken fresh, with today's reasons
+        return {**json.loads(cache.read_text())["report"], **_from_records(run, ledger, why)}
     report = report_run(run, shards, data, out, ledger, why)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"end_record": end, "report": report}, indent=1) + "\n")
