@@ -199,7 +199,6 @@ def test_ray_data_reads_the_shards(sharded_dataset, ray_head):
     assert all(r["jpg"].shape == (256, 256, 3) for r in rows[:5])
 
 
-@pytest.mark.slow
 def _settled_count(folder: Path, pattern: str, quiet_s: float = 5.0, timeout_s: float = 60.0) -> int:
     """The files in `folder` once none has come for `quiet_s`: the shard task in flight when its driver
     was killed may still finish and keep its shard (under load, seconds later), as a user's would."""
@@ -214,6 +213,7 @@ def _settled_count(folder: Path, pattern: str, quiet_s: float = 5.0, timeout_s: 
     return count
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_bytes_and_reruns_are_idempotent(tmp_path, ray_head):
     src = class_tree(tmp_path / "train", sample_files()[::20], per_class=2)  # 16 classes, 32 images
     args = ["--split", "train", "--shard-size", "2", "--max-in-flight", "1", "--address", ray_head]
