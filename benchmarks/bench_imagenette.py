@@ -141,7 +141,7 @@ class Ledger:
              epochs: Callable[[], int] | None = None) -> str:
         """Run `alexnet COMMAND...`; a failure stops the benchmark with the command's own message.
         `epochs` counts what the step has trained so far in this sitting, summed like its seconds."""
-        self.steps = {**self._read(), **{k: self.steps[k] for k in self.ran}}  # another sitting's steps too
+        self._take_others()
         self.ran.add(label)
         entry = self.steps.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "sittings": 0, "cpu_metered": True})
         _add_sitting(entry, entry.pop("open", None))  # a sitting killed before this step ended
@@ -184,8 +184,12 @@ class Ledger:
         return {"wall_s": time.perf_counter() - started, "cpu_s": group.seconds() if group else None,
                 **({"epochs": epochs()} if epochs else {})}
 
-    def _write(self) -> None:
+    def _take_others(self) -> None:
+        """The ledger as another sitting may have written it since, with this sitting's steps kept."""
         self.steps = {**self._read(), **{k: self.steps[k] for k in self.ran}}
+
+    def _write(self) -> None:
+        self._take_others()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         partial.write_text(json.dumps(self.steps, indent=1) + "\n")
@@ -375,15 +379,15 @@ def seed_spreads(evaluated: list[dict]) -> list[str]:
     for r in evaluated:
         recipe = tuple(sorted((k, str(d["value"])) for k, d in r["departures"].items()))
         groups.setdefault((r["width"], recipe), []).append(r)
+
+    def spread(values: list[float]) -> str:
+        return (f"{min(values):.1%} to {max(values):.1%} (mean {statistics.mean(values):.1%}, "
+                f"{(max(values) - min(values)) * 100:.1f} points apart)")
+
     lines = []
     for (width, _), group in groups.items():
         if len(group) < 2:
             continue
-
-        def spread(values: list[float]) -> str:
-            return (f"{min(values):.1%} to {max(values):.1%} (mean {statistics.mean(values):.1%}, "
-                    f"{(max(values) - min(values)) * 100:.1f} points apart)")
-
         lines.append(
             f"Over the seeds of width {width:g} ({', '.join(str(r['seed']) for r in group)}): top-1 error "
             f"{spread([r['centre_crop']['top1_error'] for r in group])} with the centre crop, "
