@@ -167,16 +167,21 @@ def test_a_run_beside_another_ray_its_console_files_and_a_second_call(small_data
     env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")},
            "HOME": str(tmp_path / "home")}
     relative = [a if a != runs else "runs" for a in args]
-    driver = subprocess.Popen(["sh", "-c", 'umask 027 && exec "$@"', "sh", *alexnet_cmd(*relative)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # stdout read by lines to its end (communicate() would skip what the line reader had buffered)
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        driver = subprocess.Popen(["sh", "-c", 'umask 027 && exec "$@"', "sh", *alexnet_cmd(*relative)], env=env,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path)
     try:
-        for line in driver.stdout:  # the first epoch's line arrives while the run goes on
-            if line.startswith("epoch 1/2:"):
+        lines = []
+        for line in driver.stdout:
+            lines.append(line)
+            if line.startswith("epoch 1/2:"):  # the first epoch's line arrives while the run goes on
                 assert driver.poll() is None
-                break
-        out, err = driver.communicate(timeout=600)
+        driver.wait(timeout=600)
     finally:
         driver.kill()
+    out, err = "".join(lines), errors.read_text()
     assert driver.returncode == 0, err[-3000:]
     console = out + err
     assert "multiple active Ray" not in console and "PlacementGroupCleaner" not in console, err[-3000:]
