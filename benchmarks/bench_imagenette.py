@@ -94,10 +94,10 @@ def main() -> int:
         run = out / "runs" / name
         if not args.skip_train:
             settings = [f"width={width}", f"seed={seed}", f"cpus_per_worker={args.cpus}", *args.set]
-            before = len(_epochs(run))
+            before = len(_epochs(run))  # it resumes at its last epoch's end (a checkpoint within an epoch: from its start)
             ledger.step(f"train {name}", ["train", "--config", args.config, "--data", str(shards), "--storage",
                                           str(out / "runs"), "--name", name, *[a for s in settings for a in ("--set", s)]],
-                        epochs=lambda: len(_epochs(run)) - before)  # what this sitting's seconds bought
+                        epochs=lambda: trained(run) - before)  # what this sitting's seconds bought
     results = []
     for run in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:  # every run OUT holds
         records = read_metrics(str(run), missing_ok=True)
@@ -138,7 +138,7 @@ class Ledger:
         return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def step(self, label: str, command: list[str], capture: bool = False, cwd: Path | None = None,
-             epochs: Callable[[], int] | None = None) -> str:
+             epochs: Callable[[], float] | None = None) -> str:
         """Run `alexnet COMMAND...`; a failure stops the benchmark with the command's own message.
         `epochs` counts what the step has trained so far in this sitting, summed like its seconds."""
         self._take_others()
@@ -180,7 +180,7 @@ class Ledger:
         return stdout if capture else ""
 
     @staticmethod
-    def _sitting(started: float, group: CpuCgroup | None, epochs: Callable[[], int] | None) -> dict:
+    def _sitting(started: float, group: CpuCgroup | None, epochs: Callable[[], float] | None) -> dict:
         return {"wall_s": time.perf_counter() - started, "cpu_s": group.seconds() if group else None,
                 **({"epochs": epochs()} if epochs else {})}
 
@@ -207,6 +207,19 @@ def _add_sitting(entry: dict, sitting: dict | None) -> None:
         entry["cpu_s"] += sitting["cpu_s"]
     if "epochs" in sitting:
         entry["epochs"] = entry.get("epochs", 0) + sitting["epochs"]
+
+
+def trained(run: Path) -> float:
+    """Epochs trained so far, a started epoch counted by the batches its last record reached: a sitting
+    stopped mid-epoch spent its CPU on those batches, so CPU-seconds an epoch divides by them too."""
+    records = [r for r in read_metrics(str(run), missing_ok=True) if r["kind"] in ("epoch", "step", "resume")]
+    batches = next((r["batches"] for r in reversed(records) if r["kind"] == "step"), None)
+    if not records:
+        return 0.0
+    last = records[-1]
+    if last["kind"] == "epoch":
+        return float(last["epoch"])
+    return last["epoch"] - 1 + (last["batch"] / batches if batches else 0.0)
 
 
 def _epochs(run: Path) -> list[dict]:
@@ -342,7 +355,7 @@ def markdown(summary: dict) -> str:
     row("lr divided by 10 after epochs", lambda r: ", ".join(map(str, r["lr_reduced_after_epochs"])) or "none yet")
     row("train / val loss at the end", lambda r: f"{r['train_loss_end']:.3f} / {r['val_loss_end']:.3f}")
     row("training wall-clock (epochs' own time)", lambda r: f"{r['training_seconds'] / 3600:.2f} h")
-    row("training CPU-seconds", lambda r: f"{r['train_cpu_s']:,.0f} over {r['train_cpu_epochs']} epochs "
+    row("training CPU-seconds", lambda r: f"{r['train_cpu_s']:,.0f} over {r['train_cpu_epochs']:,.1f} epochs "
         f"({r['train_cpu_s'] / r['train_cpu_epochs']:,.0f} an epoch)" if r["train_cpu_s"] and r["train_cpu_epochs"]
         else "not metered")
     row("images/s (median) / data wait", lambda r: f"{r['images_per_s']:.0f} / {r['data_wait']:.1%}"

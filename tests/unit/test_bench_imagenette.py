@@ -55,3 +55,18 @@ def test_seeds_of_one_recipe_get_their_spread_and_other_recipes_do_not():
                            "2.0 points apart) with the centre crop, 20.0% to 23.0% (mean 21.3%, 3.0 points apart) "
                            "with ten crops")
     assert bench.seed_spreads(runs[3:]) == []
+
+
+def test_a_sitting_stopped_mid_epoch_counts_the_batches_it_trained(tmp_path):
+    """CPU-seconds an epoch divides by what the seconds bought, a started epoch included."""
+    def write(*records):
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    assert bench.trained(tmp_path) == 0.0
+    step = {"kind": "step", "epoch": 18, "step": 1261, "batch": 20, "batches": 73}
+    write(_epoch(17, 0.24) | {"step": 1241}, step)
+    assert bench.trained(tmp_path) == 17 + 20 / 73
+    write(_epoch(17, 0.24) | {"step": 1241}, step | {"batch": 60, "step": 1301}, _epoch(18, 0.23) | {"step": 1314})
+    assert bench.trained(tmp_path) == 18.0
+    write(step | {"epoch": 14, "batch": 40, "step": 989}, {"kind": "resume", "epoch": 14, "step": 1000, "batch": 51})
+    assert bench.trained(tmp_path) == 13 + 51 / 73  # resumed from a checkpoint within the epoch
