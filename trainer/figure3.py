@@ -86,7 +86,7 @@ def draw(model_state: dict, title: str = "") -> bytes:
     per_row = max(1, math.ceil(math.sqrt(count * 4 / 3)))  # 48 kernels: 8 x 6, as in the paper
     rows = math.ceil(count / per_row)
     fig, axes = plt.subplots(1, len(towers), figsize=(0.5 * per_row * len(towers) + 0.4, 0.5 * rows + 0.9),
-                             squeeze=False, dpi=110)
+                             squeeze=False, dpi=110, layout="constrained")  # room for the titles
     for weight, tower, ax in zip(towers, summary, axes[0]):
         ax.imshow(_tile(_display(weight), per_row), interpolation="nearest")
         ax.set_title(f"tower {tower['tower']}: {tower['kernels']} kernels 11x11x3\n"
@@ -94,7 +94,6 @@ def draw(model_state: dict, title: str = "") -> bytes:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
