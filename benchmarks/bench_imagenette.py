@@ -14,7 +14,8 @@ Every step is the public command line a user would type, in a subprocess:
 then OUT/results.json and OUT/results.md (one column per run OUT holds: --set KEY=VALUE of a recipe key
 names its own runs, so a departure and the run that measured the paper's value sit side by side), and, with --update, the table between the
 `<!-- imagenette-results:start -->` / `end -->` markers of the files named. --figures copies the
-curves, Figure 3 and Figure 4 of the first run into a folder (small palette PNGs) for the docs.
+curves, Figure 3 and Figure 4 of the first run (or of --figures-of RUN_NAME, one still training too)
+into a folder (small palette PNGs) for the docs.
 
 Killed and given again, it continues: finished splits are kept, a run resumes from its last checkpoint
 (a finished run is not redone, nor evaluated again: OUT/reports/), and each sitting's wall-clock and CPU
@@ -75,6 +76,7 @@ def main() -> int:
     parser.add_argument("--update", nargs="*", default=[], metavar="FILE",
                         help="replace the table between the imagenette-results markers of these files")
     parser.add_argument("--figures", help="copy the first run's curves, Figure 3 and Figure 4 here")
+    parser.add_argument("--figures-of", metavar="RUN_NAME", help="copy this run's figures instead (with --figures)")
     parser.add_argument("--skip-train", action="store_true", help="report on the runs as they stand now")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -115,7 +117,11 @@ def main() -> int:
         replace_between_markers(Path(file), table)
         print(f"updated {file}")
     if args.figures:
-        copy_figures(next(r for r in results if "figures" in r), Path(args.figures))
+        drawn = {Path(r["run"]).name: r for r in results if "figures" in r}
+        if args.figures_of and args.figures_of not in drawn:
+            raise SystemExit(f"--figures-of {args.figures_of}: no such run with figures in {out / 'runs'} "
+                             f"(runs with figures: {', '.join(drawn) or 'none'})")
+        copy_figures(drawn[args.figures_of or next(iter(drawn))], Path(args.figures))
     return 0
 
 
