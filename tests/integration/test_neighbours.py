@@ -88,3 +88,19 @@ def test_killed_figure4_job_resumes_and_finds_the_exact_neighbours(reference, sm
     assert figure["image_panels"] == 8 + 5 * 7
     with Image.open(out / "figure4.png") as png:
         assert list(png.size) == figure["pixels"]
+
+
+def test_queries_show_as_many_classes_as_they_can(small_dataset):
+    """Figure 4 of a ten-class set: a plain draw of 8 from 40 photographs (4 a class) nearly always
+    repeats a class; the queries take a new class each until every class is shown."""
+    from trainer.use.neighbours import choose_queries
+
+    for seed in range(5):
+        labels = [row["label"] for row in choose_queries(small_dataset, 8, [], seed)]
+        assert len(set(labels)) == 8, (seed, labels)
+    given = pq.read_table(os.path.join(small_dataset, "val.index.parquet")).to_pylist()[0]
+    rows = choose_queries(small_dataset, 11, [given["key"]], 0)
+    keys, labels = [row["key"] for row in rows], [row["label"] for row in rows]
+    assert keys[0] == given["key"] and len(set(keys)) == 12
+    assert set(labels) == set(range(10))  # the given key's class 0, then the nine others before repeats
+    assert choose_queries(small_dataset, 8, [], 3) == choose_queries(small_dataset, 8, [], 3)

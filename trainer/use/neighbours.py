@@ -146,7 +146,8 @@ def _records(folder: str, shards: list[dict]) -> list[dict]:
 
 def choose_queries(data: str, count: int, keys: list[str], seed: int) -> list[dict]:
     """Index rows of the queries: the given keys ([SPLIT/]KEY, val by default), then `count` validation
-    samples drawn with `seed` (not already given)."""
+    samples drawn with `seed` (not already given), each of a class not yet shown while classes last: a
+    plain draw from ten classes often repeats one, and the paper's figure shows as many as it can."""
     tables = {}
     chosen = []
     for given in keys:
@@ -162,7 +163,12 @@ def choose_queries(data: str, count: int, keys: list[str], seed: int) -> list[di
         free = sorted(set(rows) - taken)
         if count > len(free):
             raise UserError(f"--queries {count}: the val split of {data} has only {len(free)} more samples")
-        chosen += [rows[free[i]] for i in sorted(np.random.default_rng(seed).choice(len(free), count, replace=False))]
+        shown, new_class, seen_class = {row["label"] for row in chosen}, [], []
+        for i in np.random.default_rng(seed).permutation(len(free)):
+            label = rows[free[i]]["label"]
+            (seen_class if label in shown else new_class).append(i)
+            shown.add(label)
+        chosen += [rows[free[i]] for i in sorted((new_class + seen_class)[:count])]
     if not chosen:
         raise UserError("no queries: give --queries N and/or --key KEY")
     return chosen
