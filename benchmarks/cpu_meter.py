@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 
+PREFIX = "bench-shard-"
+
+
 class CpuCgroup:
     """A fresh cgroup that this process (and so everything it starts) runs in: its CPU counter holds every
     process of a command's tree, daemons and processes reaped by others (Ray's raylet ignores SIGCHLD, so
@@ -33,12 +36,26 @@ class CpuCgroup:
                 break
         else:
             raise SystemExit("the whole-command comparison needs a writable cgroup mount (run as root)")
-        self.path = os.path.join(self.parent, f"bench-shard-{os.getpid()}")
+        # unique even where a killed benchmark left the cgroup of an earlier process with this pid
+        self.path = os.path.join(self.parent, f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
 
     def __enter__(self) -> CpuCgroup:
+        self._remove_stale()
         os.mkdir(self.path)
         Path(self.path, "cgroup.procs").write_text(str(os.getpid()))
         return self
+
+    def _remove_stale(self) -> None:
+        """Remove the empty cgroups of benchmarks that were killed before they could (their pid is gone)."""
+        for name in os.listdir(self.parent):
+            if not name.startswith(PREFIX):
+                continue
+            pid = name[len(PREFIX):].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    os.rmdir(os.path.join(self.parent, name))  # refused while a process is in it
+                except OSError:
+                    pass
 
     def seconds(self) -> float:
         text = Path(self.path, self.counter).read_text()
@@ -64,6 +81,16 @@ class CpuCgroup:
                 if time.monotonic() > deadline + 10:
                     raise
                 time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cpu_model() -> str:

@@ -70,3 +70,31 @@ def test_a_sitting_stopped_mid_epoch_counts_the_batches_it_trained(tmp_path):
     assert bench.trained(tmp_path) == 18.0
     write(step | {"epoch": 14, "batch": 40, "step": 989}, {"kind": "resume", "epoch": 14, "step": 1000, "batch": 51})
     assert bench.trained(tmp_path) == 13 + 51 / 73  # resumed from a checkpoint within the epoch
+
+
+def test_a_cgroup_left_by_a_killed_benchmark_is_no_obstacle():
+    """A benchmark killed hard leaves its empty cgroup, named by its pid; a later process given the same
+    pid (CI on a long-lived machine) must still meter, and the dead one's cgroup is cleared away."""
+    import os
+    import subprocess
+
+    from cpu_meter import PREFIX, CpuCgroup
+
+    try:
+        probe = CpuCgroup()
+    except SystemExit:
+        return  # no writable cgroup mount here: nothing to meter
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [os.path.join(probe.parent, f"{PREFIX}{os.getpid()}"), os.path.join(probe.parent, f"{PREFIX}{dead.pid}")]
+    for path in stale:
+        os.makedirs(path, exist_ok=True)
+    try:
+        with CpuCgroup() as group:
+            sum(range(10**6))
+            assert group.seconds() > 0
+        assert os.path.isdir(stale[0]) and not os.path.exists(stale[1])  # only the dead pid's is removed
+    finally:
+        for path in stale:
+            if os.path.isdir(path):
+                os.rmdir(path)
