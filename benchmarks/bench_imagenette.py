@@ -332,11 +332,16 @@ def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, w
     }
 
 
+def run_label(r: dict) -> str:
+    """A run as the table's reader tells it apart: its width, its seed and any other departure."""
+    return ", ".join([f"width {r['width']:g}", f"seed {r['seed']}",
+                      *(f"{k} {d['value']}" for k, d in r["departures"].items() if k != "width")])
+
+
 def markdown(summary: dict) -> str:
     """One column per run (a run still training shows its epochs so far); the fastai figures for scale."""
     runs = summary["runs"]
-    head = "| | " + " | ".join(", ".join([f"width {r['width']:g}", f"seed {r['seed']}", *(
-        f"{k} {d['value']}" for k, d in r["departures"].items() if k != "width")]) for r in runs) + " |"
+    head = "| | " + " | ".join(run_label(r) for r in runs) + " |"
     rows = [head, "|---|" + "---|" * len(runs)]
 
     def row(label: str, cell) -> None:
@@ -385,9 +390,11 @@ def markdown(summary: dict) -> str:
              "For scale, fastai's Imagenette leaderboard (another network, centre crop, top-1 accuracy): "
              + "; ".join(f"{name} {accuracy:.1%}" for name, accuracy in summary["fastai"]) + "."]
     if evaluated:
-        example = evaluated[0]["predict_example"]
+        # the example a reader copies should come from the strongest model the table shows
+        best = min(evaluated, key=lambda r: r["centre_crop"]["top1_error"])
+        example = best["predict_example"]
         lines += ["", "What `alexnet predict` printed for three validation photographs (the best checkpoint of "
-                  f"width {evaluated[0]['width']:g}, seed {evaluated[0]['seed']}):",
+                  + run_label(best) + "):",
                   "", "```", f"$ {example['command']}", example["printed"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
 

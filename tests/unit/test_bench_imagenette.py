@@ -57,6 +57,29 @@ def test_seeds_of_one_recipe_get_their_spread_and_other_recipes_do_not():
     assert bench.seed_spreads(runs[3:]) == []
 
 
+def _reported(width: float, seed: int, centre: float, departures: dict | None = None) -> dict:
+    """An evaluated run as bench_imagenette's summary holds it, with its predict example."""
+    name = f"width{width:g}-seed{seed}"
+    return _evaluated(width, seed, centre, centre - 0.02, departures) | {
+        "finished": True, "lr_reduced_after_epochs": [20, 30, 40], "train_loss_end": 0.2, "val_loss_end": 0.6,
+        "training_seconds": 3600.0, "train_cpu_s": 7200.0, "train_cpu_epochs": 45.0, "images_per_s": 100.0,
+        "data_wait": 0.01, "predict": [{"photo": "val/a/1.JPEG", "true": "a", "top1": "a", "probability": 0.9}],
+        "centre_crop": {"top1_error": centre, "top5_error": 0.02, "samples": 1966},
+        "ten_crop": {"top1_error": centre - 0.02, "top5_error": 0.01},
+        "predict_example": {"command": f"alexnet predict OUT/runs/{name} val/a/1.JPEG",
+                            "printed": f"checkpoint OUT/runs/{name}/best/checkpoint.pt\n"}}
+
+
+def test_the_predict_example_comes_from_the_run_with_the_lowest_error():
+    bias = {"positive_bias": {"value": 0.1, "paper": 1.0, "why": "chance at full width"}}
+    summary = {"runs": [_reported(0.25, 0, 0.22), _reported(1.0, 0, 0.18, bias), _reported(0.25, 1, 0.24)],
+               "config": "imagenette", "cpu": "a CPU", "commit": "abc1234", "fastai": [("xresnet", 0.858)]}
+    table = bench.markdown(summary)
+    assert "(the best checkpoint of width 1, seed 0, positive_bias 0.1):" in table
+    assert "$ alexnet predict OUT/runs/width1-seed0 val/a/1.JPEG" in table
+    assert "| | width 0.25, seed 0 | width 1, seed 0, positive_bias 0.1 | width 0.25, seed 1 |" in table
+
+
 def test_a_sitting_stopped_mid_epoch_counts_the_batches_it_trained(tmp_path):
     """CPU-seconds an epoch divides by what the seconds bought, a started epoch included."""
     def write(*records):
