@@ -63,6 +63,15 @@ def alexnet_cmd(*args: str) -> list[str]:
     return [str(BIN / "alexnet"), *map(str, args)]
 
 
+class NeverPaused(pytest.fail.Exception):
+    """A run ended, or 300 s went by, before a rank paused. The failure shows the driver's last 3,000
+    characters; `log` keeps all it printed, for a test that retries and still asserts on the first try."""
+
+    def __init__(self, pid_file: str, log: str) -> None:
+        super().__init__(f"the run never paused ({pid_file}):\n{log[-3000:]}")
+        self.log = log
+
+
 def wait_for_pause(driver: subprocess.Popen, pid_file: str) -> int:
     """The pid the failure-test hook (ALEXNET_DEBUG_PID_FILE) wrote once a rank paused; fails the test if
     the driver ended or 300 s went by first. `driver` must have stdout piped with stderr merged in."""
@@ -70,7 +79,7 @@ def wait_for_pause(driver: subprocess.Popen, pid_file: str) -> int:
     while not os.path.exists(pid_file):
         if driver.poll() is not None or time.time() > deadline:
             driver.kill()
-            pytest.fail(f"the run never paused ({pid_file}):\n{driver.communicate()[0][-3000:]}")
+            raise NeverPaused(pid_file, driver.communicate()[0])
         time.sleep(0.3)
     return int(open(pid_file).read())
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from helpers.autoscaling_cluster import AutoscalingCluster
-from conftest import alexnet_cmd, run_cli, train_args, wait_for_pause
+from conftest import NeverPaused, alexnet_cmd, run_cli, train_args, wait_for_pause
 from pipeline import storage
 from test_train import assert_bitwise_equal, checkpoint_names, records
 
@@ -108,11 +108,13 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
 
     job = train_args(data, "spot", runs, tiny_config, cluster.address)[:-2]
     follower = _submit(cluster, *job)
+    first_try = ""  # the log of a first submission cut short, which met the cluster at rest
     try:
         worker = psutil.Process(wait_for_pause(follower, pid_file))
-    except pytest.fail.Exception as failure:  # resubmitted once when it met the shared package folder
-        if not any(sign in str(failure) for sign in IMPORT_CUT_SHORT):
+    except NeverPaused as failure:  # resubmitted once when it met the shared package folder
+        if not any(sign in failure.log for sign in IMPORT_CUT_SHORT):
             raise
+        first_try = failure.log
         print("resubmitting train: it met the fake cluster's shared package folder", flush=True)
         follower = _submit(cluster, *job)
         worker = psutil.Process(wait_for_pause(follower, pid_file))
@@ -128,10 +130,12 @@ def test_jobs_on_a_cluster_at_rest_survive_a_lost_node_and_a_damaged_checkpoint(
         f.write(whole[:len(whole) // 2])
     node.send_signal(signal.SIGKILL)  # its raylet dies, and its workers with it
     log = _succeeded(follower)
-    # said what it waited for, what was up, whose autoscaler it waited on, and what it cannot know
+    # said what it waited for, what was up, whose autoscaler it waited on, and what it cannot know (a
+    # resubmission finds the nodes the first try brought up, so then the first try's log says it)
+    waited = first_try + log
     assert "waiting for nodes: --workers 2 x {CPU: 1} each; up now: 1 node(s) with {}; the cluster publishes no autoscaling " \
-           "limits but runs an autoscaler (Ray autoscaler v1, node types up or launching: ray.head.default)" in log
-    assert "cannot tell nodes not started yet from nodes that never will: giving up after 1800 s" in log
+           "limits but runs an autoscaler (Ray autoscaler v1, node types up or launching: ray.head.default)" in waited
+    assert "cannot tell nodes not started yet from nodes that never will: giving up after 1800 s" in waited
     assert "skipping checkpoint checkpoint-00000012" in log and "older checkpoint checkpoint-00000008" in log
     # a job's log is no terminal: plain progress lines, one per step record, then each epoch's line
     assert re.search(r"^epoch 1/2 \[#*\.*\] \d+/7 steps, loss [\d.]+, lr [\d.]+, \d+ images/s$", log, re.M)
