@@ -332,6 +332,13 @@ def report_run(run: Path, shards: Path, data: Path, out: Path, ledger: Ledger, w
     }
 
 
+def duration(seconds: float) -> str:
+    """Hours for the long runs the table is for, minutes and seconds for a short one (not "0.00 h")."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def run_label(r: dict) -> str:
     """A run as the table's reader tells it apart: its width, its seed and any other departure."""
     return ", ".join([f"width {r['width']:g}", f"seed {r['seed']}",
@@ -365,7 +372,7 @@ def markdown(summary: dict) -> str:
         + ("" if r["finished"] else " (not finished)"))
     row("lr divided by 10 after epochs", lambda r: ", ".join(map(str, r["lr_reduced_after_epochs"])) or "none yet")
     row("train / val loss at the end", lambda r: f"{r['train_loss_end']:.3f} / {r['val_loss_end']:.3f}")
-    row("training wall-clock (epochs' own time)", lambda r: f"{r['training_seconds'] / 3600:.2f} h")
+    row("training wall-clock (epochs' own time)", lambda r: duration(r["training_seconds"]))
     row("training CPU-seconds", lambda r: f"{r['train_cpu_s']:,.0f} over {r['train_cpu_epochs']:,.1f} epochs "
         f"({r['train_cpu_s'] / r['train_cpu_epochs']:,.0f} an epoch)" if r["train_cpu_s"] and r["train_cpu_epochs"]
         else "not metered")

@@ -121,3 +121,8 @@ def test_a_cgroup_left_by_a_killed_benchmark_is_no_obstacle():
         for path in stale:
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+def test_durations_read_in_the_unit_that_suits_them():
+    assert [bench.duration(s) for s in (24_444.0, 3600.0, 3348.0, 59.4, 7.0)] == \
+        ["6.79 h", "1.00 h", "56 min", "59 s", "7 s"]
