@@ -84,6 +84,8 @@ def test_killed_figure4_job_resumes_and_finds_the_exact_neighbours(reference, sm
     # the paper's layout: 8 images with top-5 bars, 5 rows of a query and its 6 neighbours
     figure = result["figure"]
     assert figure["left_images"] == 8 and figure["bar_panels"] == 8
+    # each true class among its photograph's five is named in red, its bar however short
+    assert figure["true_names_marked"] == sum(any(t["label"] == q["label"] for t in q["top5"]) for q in queries[:8])
     assert figure["right_rows"] == 5 and figure["right_columns"] == 7
     assert figure["image_panels"] == 8 + 5 * 7
     with Image.open(out / "figure4.png") as png:

@@ -2,9 +2,10 @@
 
 Left, as in the paper: eight validation photographs, each with the network's five most probable
 classes as bars, the class names beside the bars, each bar's probability at its end, and the true
-class's bar in red (the caption says when the true class is not among the five). Right: five of those
-photographs in the first column, each followed by the six training photographs whose fc7 vectors lie
-nearest (Euclidean distance under each), captioned green where the neighbour shares the query's class.
+class's bar and name in red (the caption says when the true class is not among the five). Right: five
+of those photographs in the first column, each followed by the six training photographs whose fc7
+vectors lie nearest (class and Euclidean distance under each, on two lines so that long class names
+stay apart), captioned green where the neighbour shares the query's class.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def draw_figure4(queries: list[dict], images: dict, out: BinaryIO, title: str = 
         for j, hit in enumerate(query["neighbours"]):
             colour = SAME_CLASS if hit["label"] == query["label"] else OTHER_CLASS
             _show(panel_right.add_subplot(grid[i, 1 + j]), decode_stored(images[("n", i, j)]),
-                  f"{hit['class']} ({hit['distance']:.3g})", colour=colour)
+                  f"{hit['class']}\n{hit['distance']:.3g}", colour=colour)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.08)
     drawn = {"image_panels": sum(len(ax.images) for ax in fig.axes),
              "bar_panels": sum(1 for ax in fig.axes if ax.patches), "left_images": len(left),
+             "true_names_marked": sum(1 for ax in fig.axes if ax.patches for name in ax.get_yticklabels()
+                                      if name.get_color() == TRUE_COLOUR),
              "right_rows": len(right), "right_columns": columns,
              "pixels": list(Image.open(io.BytesIO(buffer.getvalue())).size)}
     plt.close(fig)
@@ -79,6 +82,10 @@ def _bars(ax, query: dict) -> None:
         ax.text(t["probability"] - 0.02 if inside else t["probability"] + 0.02, y, f"{t['probability']:.2f}",
                 va="center", ha="right" if inside else "left", fontsize=7.5, color="white" if inside else "black")
     ax.set_yticks(range(len(top)), [_short(t["class"], 22) for t in top], fontsize=8)
+    for name, t in zip(ax.get_yticklabels(), top):  # the true class stays marked when its bar is too short to see
+        if t["label"] == query["label"]:
+            name.set_color(TRUE_COLOUR)
+            name.set_fontweight("bold")
     ax.set_xlim(0, 1)
     ax.set_xticks([])
     ax.tick_params(axis="y", length=0, pad=3)
